@@ -1,0 +1,95 @@
+"""Input validation shared by the public entry points.
+
+Every check raises :class:`ValueError` with a message that names the argument,
+what was expected and what was received, e.g.::
+
+    ValueError: image_features: expected a 4-D tensor (B, C, H, W), got shape (2, 64, 8)
+
+Internals trust their inputs; only public ``forward``/functions call these.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_floating",
+    "check_int_tensor",
+    "check_ndim",
+    "check_positive_int",
+    "check_same_batch",
+    "check_size",
+    "fmt_shape",
+]
+
+
+def fmt_shape(x: Tensor | Sequence[int]) -> str:
+    """Format a tensor's shape (or a shape) as ``(2, 3, 4)``."""
+    shape = tuple(x.shape) if isinstance(x, Tensor) else tuple(x)
+    if len(shape) == 1:
+        return f"({shape[0]},)"
+    return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def _check_tensor(x: object, name: str) -> Tensor:
+    if not isinstance(x, Tensor):
+        raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_ndim(x: object, name: str, ndim: int, layout: str) -> Tensor:
+    """Require ``x`` to be a tensor with ``ndim`` dimensions; ``layout`` is e.g. ``"(B, C, H, W)"``."""
+    x = _check_tensor(x, name)
+    if x.dim() != ndim:
+        raise ValueError(
+            f"{name}: expected a {ndim}-D tensor {layout}, got shape {fmt_shape(x)}"
+        )
+    return x
+
+
+def check_floating(x: Tensor, name: str) -> Tensor:
+    """Require a floating-point tensor (integer or bool tensors are a common mistake)."""
+    if not torch.is_floating_point(x):
+        raise ValueError(
+            f"{name}: expected a floating-point tensor, got dtype {x.dtype} "
+            f"with shape {fmt_shape(x)}"
+        )
+    return x
+
+
+def check_int_tensor(x: object, name: str) -> Tensor:
+    """Require an integer tensor (token ids, lengths, indices)."""
+    x = _check_tensor(x, name)
+    if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+        raise ValueError(
+            f"{name}: expected an integer tensor, got dtype {x.dtype} with shape {fmt_shape(x)}"
+        )
+    return x
+
+
+def check_size(x: Tensor, name: str, dim: int, expected: int, what: str) -> None:
+    """Require ``x.shape[dim] == expected``; ``what`` names the dimension (e.g. ``"channels C"``)."""
+    if x.shape[dim] != expected:
+        raise ValueError(
+            f"{name}: expected {what} = {expected} (dim {dim}), got {x.shape[dim]} "
+            f"in shape {fmt_shape(x)}"
+        )
+
+
+def check_same_batch(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
+    """Require the same batch size (dim 0) in two tensors."""
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(
+            f"{b_name}: batch size {b.shape[0]} (shape {fmt_shape(b)}) does not match "
+            f"{a_name} batch size {a.shape[0]} (shape {fmt_shape(a)})"
+        )
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Require a positive Python int (constructor arguments)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return value
