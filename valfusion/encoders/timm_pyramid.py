@@ -1,0 +1,193 @@
+"""Feature pyramid from any backbone that returns a list of feature maps (timm ``features_only``).
+
+timm is an optional dependency (``pip install "valfusion[timm]"``), imported only when a
+model is built from its name. A backbone module built elsewhere needs no timm at all.
+Nothing is downloaded: pretrained weights come from a local file the user passes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from valfusion.encoders.pyramid import FeaturePyramid, _image_size
+
+__all__ = ["TimmPyramid"]
+
+
+def _import_timm() -> Any:
+    try:
+        import timm
+    except ImportError as error:
+        raise ImportError(
+            'TimmPyramid needs timm to build a model by name: pip install "valfusion[timm]"'
+        ) from error
+    return timm
+
+
+def _feature_info(model: nn.Module, what: str) -> tuple[int, ...] | None:
+    """``channels``/``reductions`` from a timm ``FeatureInfo`` or a list of dicts."""
+    info = getattr(model, "feature_info", None)
+    method = "channels" if what == "channels" else "reduction"
+    if info is None:
+        return None
+    if callable(getattr(info, method, None)):
+        return tuple(int(v) for v in getattr(info, method)())
+    key = "num_chs" if what == "channels" else "reduction"
+    if isinstance(info, Sequence) and all(isinstance(d, Mapping) and key in d for d in info):
+        return tuple(int(d[key]) for d in info)
+    return None
+
+
+class TimmPyramid(FeaturePyramid):
+    """Adapter for backbones that map images to a list of feature maps.
+
+    Either a timm model name, built as ``timm.create_model(name, features_only=True,
+    pretrained=False, out_indices=out_indices, **kwargs)``, or a module already built
+    whose ``forward(images (B, 3, H, W))`` returns a list (or dict, in order) of maps
+    ``(B, C_l, H_l, W_l)``. Channels and strides are read from the module's
+    ``feature_info`` (a timm ``FeatureInfo`` or a list of ``{"num_chs", "reduction"}``
+    dicts) unless given. A module with ``output_fmt == "NHWC"`` (timm's Swin-style
+    backbones) has its maps rearranged to ``(B, C, H, W)``.
+
+    Args:
+        model: A timm model name or an ``nn.Module`` returning a list of maps.
+        out_indices: Feature levels to return (timm names only; default: timm's).
+        weights: Local checkpoint file of the full timm model (timm names only),
+            loaded by timm from ``pretrained_cfg_overlay={"file": ...}``; nothing is
+            downloaded.
+        channels: Channels of each output map, if the module has no ``feature_info``.
+        reductions: Stride of each output map, if the module has no ``feature_info``.
+        **kwargs: Passed to ``timm.create_model`` (timm names only). ``pretrained=True``
+            is rejected: pass ``weights`` instead.
+
+    Raises:
+        ImportError: If ``model`` is a name and timm is not installed.
+        ValueError: If an argument does not fit the kind of ``model``, the weights file
+            does not exist, or channels/strides are neither given nor discoverable.
+
+    Example:
+        >>> pyramid = TimmPyramid("resnet18", out_indices=(2, 3, 4))  # doctest: +SKIP
+        >>> pyramid.channels, pyramid.reductions  # doctest: +SKIP
+        ((128, 256, 512), (8, 16, 32))
+    """
+
+    def __init__(
+        self,
+        model: str | nn.Module,
+        *,
+        out_indices: Sequence[int] | None = None,
+        weights: str | os.PathLike[str] | None = None,
+        channels: Sequence[int] | None = None,
+        reductions: Sequence[int] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(model, str):
+            if kwargs.get("pretrained"):
+                raise ValueError(
+                    "pretrained: the library never downloads weights; pass a local "
+                    "checkpoint file as weights= instead"
+                )
+            kwargs.pop("pretrained", None)
+            if out_indices is not None:
+                kwargs["out_indices"] = tuple(out_indices)
+            if weights is not None:
+                if not os.path.isfile(weights):
+                    raise ValueError(
+                        f"weights: expected an existing file, got {os.fspath(weights)!r}"
+                    )
+                # timm reads a local file named in the pretrained config and skips any download.
+                kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(weights)}
+            timm = _import_timm()
+            model = timm.create_model(
+                model, features_only=True, pretrained=weights is not None, **kwargs
+            )
+        elif isinstance(model, nn.Module):
+            unused = {
+                "out_indices": out_indices,
+                "weights": weights,
+                **kwargs,
+            }
+            given = [name for name, value in unused.items() if value is not None]
+            if given:
+                raise ValueError(
+                    f"{given[0]}: only used when model is a timm name; got a built module "
+                    f"({type(model).__name__}); configure it before passing it"
+                )
+        else:
+            raise ValueError(
+                f"model: expected a timm model name or an nn.Module, got {type(model).__name__}"
+            )
+        channels = tuple(channels) if channels is not None else _feature_info(model, "channels")
+        if channels is None:
+            raise ValueError(
+                f"channels: {type(model).__name__} has no feature_info; pass channels= explicitly"
+            )
+        reductions = (
+            tuple(reductions) if reductions is not None else _feature_info(model, "reduction")
+        )
+        if reductions is None:
+            raise ValueError(
+                f"reductions: {type(model).__name__} has no feature_info; pass reductions= explicitly"
+            )
+        super().__init__(channels, reductions)
+        self.model = model
+        # timm's Format is a str enum, so it compares equal to its value.
+        self._nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
+
+    def forward_features(self, images: Tensor) -> list[Tensor]:
+        """Run the backbone and return its maps as ``(B, C_l, H_l, W_l)``.
+
+        Args:
+            images: RGB images ``(B, 3, H, W)``, floating point.
+
+        Returns:
+            ``L`` maps with ``channels[l]`` channels each.
+
+        Raises:
+            ValueError: If the backbone returns a different number of maps or channel
+                counts than declared.
+        """
+        outputs = self.model(images)
+        if isinstance(outputs, Mapping):
+            outputs = list(outputs.values())
+        if isinstance(outputs, Tensor) or not isinstance(outputs, Sequence):
+            raise ValueError(
+                f"model: expected the backbone to return a list of maps, got {type(outputs).__name__}"
+            )
+        if self._nhwc:
+            outputs = [rearrange(x, "b h w c -> b c h w") for x in outputs]
+        channels = tuple(x.shape[1] if x.dim() == 4 else -1 for x in outputs)
+        if channels != self.channels:
+            raise ValueError(
+                f"model: returned maps with channels {channels} (shapes "
+                f"{[tuple(x.shape) for x in outputs]}), but channels declares {self.channels}"
+            )
+        return list(outputs)
+
+    def feature_sizes(self, image_size: int | Sequence[int]) -> list[tuple[int, int]]:
+        """Spatial size of every level, found by running the backbone on the meta device.
+
+        No memory is allocated and no arithmetic is done: parameters, buffers and the
+        input are replaced by ``meta`` tensors that carry shapes only.
+
+        Args:
+            image_size: ``H`` for square images, or ``(H, W)``.
+
+        Returns:
+            ``[(H_1, W_1), ..., (H_L, W_L)]``.
+        """
+        height, width = _image_size(image_size)
+        state = {
+            name: torch.empty_like(tensor, device="meta")
+            for name, tensor in (*self.named_parameters(), *self.named_buffers())
+        }
+        images = torch.empty(1, 3, height, width, device="meta")
+        maps = functional_call(self, state, (images,))
+        return [(int(x.shape[-2]), int(x.shape[-1])) for x in maps]
