@@ -17,6 +17,10 @@ settings.register_profile(
 )
 settings.load_profile("ci")
 
+# The suite runs under pytest-xdist (one worker per core); more intra-op threads than
+# cores makes the many tiny ops here orders of magnitude slower, not faster.
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:

@@ -11,25 +11,36 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import operator
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import torch.nn.functional as F
 from einops import reduce
 from torch import Tensor, nn
 
-from valfusion._validation import check_ndim, check_positive_int, fmt_shape
+from valfusion._validation import (
+    check_floating,
+    check_int_tensor,
+    check_ndim,
+    check_positive_int,
+    check_same_batch,
+    check_size,
+    fmt_shape,
+)
 from valfusion.encoders import (
     FeaturePyramid,
     LSTMTextEncoder,
     SmallConvPyramid,
     TorchvisionResNetPyramid,
     Vocabulary,
+    check_images,
 )
 from valfusion.layers import COMPOSERS, CompositeAttention, MultiLevelComposer
 from valfusion.losses import HierarchicalMatchingLoss, HierarchicalMatchingOutput
@@ -37,14 +48,18 @@ from valfusion.losses import HierarchicalMatchingLoss, HierarchicalMatchingOutpu
 __all__ = ["BACKBONES", "VAL", "CompositionOutput", "SearchResult", "VALConfig"]
 
 #: Backbones :class:`VAL` can build from its configuration alone. ``"small"`` is
-#: :class:`~valfusion.encoders.SmallConvPyramid`; the ResNets are torchvision's
-#: (``vision`` extra), built without weights: pass trained weights through the
-#: ``backbone=`` argument or :meth:`VAL.from_pretrained`.
+#: :class:`~valfusion.encoders.SmallConvPyramid`; the ResNets are torchvision's stages
+#: 2-4 (``vision`` extra), built without weights: pass trained weights through the
+#: ``backbone=`` argument or :meth:`VAL.from_pretrained`. ``"custom"`` is any other
+#: :class:`~valfusion.encoders.FeaturePyramid`, passed as ``backbone=``.
 BACKBONES: tuple[str, ...] = ("small", "resnet18", "resnet34", "resnet50", "resnet101", "custom")
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 VOCABULARY_FILE = "vocabulary.json"
+
+_RESNET_STAGES = (2, 3, 4)
+_LOSS_FORMS = ("softmax", "triplet")
 
 
 @dataclass
@@ -52,30 +67,37 @@ class VALConfig:
     """Everything needed to rebuild a :class:`VAL` model (saved as ``config.json``).
 
     Attributes:
-        vocab_size: Number of token ids ``V`` of the text encoder.
+        vocab_size: Number of token ids ``V`` of the text encoder (``len(vocabulary)``).
         composer: One of :data:`~valfusion.layers.COMPOSERS`: ``"val"`` (composite
             transformer, paper configuration), ``"val_official"`` (the official graph),
             ``"tirg"``, ``"concat"``, ``"image_only"``, ``"text_only"``.
         backbone: One of :data:`BACKBONES`; ``"custom"`` means the backbone module is
             passed to the constructor (and to :meth:`VAL.from_pretrained`).
-        backbone_channels: Level channels of the ``"small"`` backbone.
-        image_size: Input image side (needed by ``"val_official"``, whose spatial gate
-            kernel is the whole feature map).
+        backbone_channels: Level channels ``(C_1, ..., C_L)`` of the ``"small"`` backbone.
+        image_size: Input image side ``H = W``. Only ``"val_official"`` depends on it (its
+            spatial gate kernel is the whole feature map, so queries must have this size).
         word_dim: Word embedding size.
         text_hidden_dim: LSTM hidden size.
         text_dim: Text feature size ``D`` fed to every composer.
         text_dropout: Dropout before the text projection.
-        semantic_dim: Size of the visual-semantic space for side information; ``None``
-            disables the side-information head and the visual-semantic loss.
+        semantic_dim: Size ``S`` of the visual-semantic space for side information;
+            ``None`` disables the side-information head and the visual-semantic loss.
         composer_kwargs: Extra options for every level's composer (e.g.
-            ``{"num_heads": 4}`` for ``"val"``).
+            ``{"num_heads": 4}`` for ``"val"``); JSON values only, since they are saved in
+            ``config.json`` (tuples are stored as lists).
         loss: ``"softmax"`` (batch classification, the paper) or ``"triplet"``
             (bidirectional semi-hard triplet, the release).
         temperature: Softmax temperature ``tau``.
         learnable_temperature: Learn ``tau`` (clamped).
         margin: Triplet margin.
-        level_weights: Per-level loss weights (default: all 1).
+        level_weights: Per-level loss weights ``w_l``, one per backbone level (default:
+            all 1).
         semantic_weight: Weight ``lambda`` of the visual-semantic term.
+
+    Raises:
+        ValueError: Naming the field, if a size is not a positive integer, a name is
+            unknown, or ``composer_kwargs`` is not JSON-serialisable (or is given for the
+            fixed ``"val_official"`` configuration).
     """
 
     vocab_size: int
@@ -97,22 +119,49 @@ class VALConfig:
     semantic_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        check_positive_int(self.vocab_size, "vocab_size")
-        check_positive_int(self.image_size, "image_size")
+        for name in ("vocab_size", "image_size", "word_dim", "text_hidden_dim", "text_dim"):
+            check_positive_int(getattr(self, name), name)
+        if self.semantic_dim is not None:
+            check_positive_int(self.semantic_dim, "semantic_dim")
         if self.composer not in COMPOSERS:
             raise ValueError(f"composer: expected one of {COMPOSERS}, got {self.composer!r}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone: expected one of {BACKBONES}, got {self.backbone!r}")
-        if self.loss not in ("softmax", "triplet"):
-            raise ValueError(f"loss: expected 'softmax' or 'triplet', got {self.loss!r}")
-        if self.semantic_dim is not None:
-            check_positive_int(self.semantic_dim, "semantic_dim")
+        if self.loss not in _LOSS_FORMS:
+            raise ValueError(f"loss: expected one of {_LOSS_FORMS}, got {self.loss!r}")
         self.backbone_channels = tuple(self.backbone_channels)
+        if not self.backbone_channels:
+            raise ValueError("backbone_channels: expected at least one level, got ()")
+        for value in self.backbone_channels:
+            check_positive_int(value, "backbone_channels")
         if self.level_weights is not None:
             self.level_weights = tuple(float(w) for w in self.level_weights)
+        if not isinstance(self.composer_kwargs, Mapping):
+            raise ValueError(
+                f"composer_kwargs: expected a dict of options, got "
+                f"{type(self.composer_kwargs).__name__}"
+            )
+        if self.composer == "val_official" and self.composer_kwargs:
+            raise ValueError(
+                f"composer_kwargs: 'val_official' is a fixed configuration, got options "
+                f"{sorted(self.composer_kwargs)}"
+            )
+        try:
+            # Canonical JSON form, so that a saved and reloaded config compares equal.
+            self.composer_kwargs = json.loads(json.dumps(dict(self.composer_kwargs)))
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"composer_kwargs: expected JSON values (they are saved in {CONFIG_FILE}); "
+                f"build the model by hand for other options. Got {self.composer_kwargs!r}: "
+                f"{error}"
+            ) from error
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dictionary."""
+        """The configuration as a JSON-serialisable dictionary.
+
+        Returns:
+            One entry per field; tuples become lists.
+        """
         data = dataclasses.asdict(self)
         data["backbone_channels"] = list(self.backbone_channels)
         if self.level_weights is not None:
@@ -121,11 +170,28 @@ class VALConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> VALConfig:
-        """Inverse of :meth:`to_dict`; unknown keys are an error (a config from another version)."""
+        """Inverse of :meth:`to_dict`.
+
+        Args:
+            data: Field values by name; missing fields take their defaults.
+
+        Returns:
+            The configuration.
+
+        Raises:
+            ValueError: If ``data`` is not a mapping, has a key that is not a field (a
+                config from another version), or a field value is invalid.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"data: expected a mapping of config fields, got {type(data).__name__}"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"config: unknown keys {unknown}; expected a subset of {sorted(known)}")
+            raise ValueError(
+                f"data: unknown config keys {unknown}; expected a subset of {sorted(known)}"
+            )
         values = dict(data)
         if "backbone_channels" in values:
             values["backbone_channels"] = tuple(values["backbone_channels"])
@@ -136,13 +202,15 @@ class VALConfig:
 
 @dataclass
 class CompositionOutput:
-    """What :meth:`VAL.compose` returns when levels or attention are asked for.
+    """What :meth:`VAL.compose` and :meth:`VAL.encode_image` return when levels or
+    attention are asked for.
 
     Attributes:
         embedding: ``(B, E)`` retrieval embedding, unit norm, ``E = sum_l C_l``.
-        levels: One ``(B, C_l)`` unit-norm embedding per level.
-        attention: One :class:`~valfusion.layers.CompositeAttention` (or ``None`` for
-            composers without attention) per level, when asked for.
+        levels: ``L`` unit-norm level embeddings, level ``l`` of shape ``(B, C_l)``.
+        attention: When asked for, one entry per level: a
+            :class:`~valfusion.layers.CompositeAttention` with batch size ``B`` for the
+            ``"val"`` composers, ``None`` for composers without attention maps.
     """
 
     embedding: Tensor
@@ -155,9 +223,10 @@ class SearchResult:
     """Top-k gallery items of one query (:meth:`VAL.search`).
 
     Attributes:
-        indices: ``(k,)`` gallery indices, best first (ties: lower index first).
-        scores: ``(k,)`` cosine similarities.
-        attention: Per-level attention of the query when asked for, else ``None``.
+        indices: ``(k,)`` long gallery indices, best first (ties: lower index first).
+        scores: ``(k,)`` cosine similarities of those items to the query, descending.
+        attention: When asked for, the query's per-level attention (batch size 1, see
+            :class:`CompositionOutput`), else ``None``.
     """
 
     indices: Tensor
@@ -179,7 +248,24 @@ def _concat_levels(levels: Sequence[Tensor]) -> Tensor:
     return torch.cat(list(levels), dim=-1) / math.sqrt(len(levels))
 
 
-def _atomic_write_bytes(path: Path, write: Any) -> None:
+@contextmanager
+def _evaluation_mode(module: nn.Module) -> Iterator[None]:
+    """Run a block with ``module`` in eval mode, then restore every submodule's own flag.
+
+    Restoring per submodule keeps parts that were deliberately in eval mode (frozen
+    backbone stages) as they were.
+    """
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write through a temporary file in the same directory, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
@@ -190,15 +276,45 @@ def _atomic_write_bytes(path: Path, write: Any) -> None:
         raise
 
 
-def build_backbone(config: VALConfig) -> FeaturePyramid:
+def _build_backbone(config: VALConfig) -> FeaturePyramid:
     """The image pyramid named by ``config.backbone`` (never downloads weights)."""
     if config.backbone == "small":
         return SmallConvPyramid(config.backbone_channels)
     if config.backbone == "custom":
         raise ValueError(
-            "backbone: config.backbone is 'custom'; pass the backbone module as backbone="
+            "backbone: config.backbone is 'custom'; pass the FeaturePyramid module as backbone="
         )
-    return TorchvisionResNetPyramid(arch=config.backbone)
+    return TorchvisionResNetPyramid(arch=config.backbone, stages=_RESNET_STAGES)
+
+
+def _check_backbone(config: VALConfig, backbone: object) -> FeaturePyramid:
+    """A passed backbone must be what ``config.backbone`` names, so that
+    :meth:`VAL.from_pretrained` can rebuild it; ``"custom"`` accepts any pyramid."""
+    if not isinstance(backbone, FeaturePyramid):
+        raise ValueError(
+            f"backbone: expected a valfusion.encoders.FeaturePyramid, got {type(backbone).__name__}"
+        )
+    if config.backbone == "custom":
+        return backbone
+    if config.backbone == "small":
+        fits = (
+            isinstance(backbone, SmallConvPyramid) and backbone.channels == config.backbone_channels
+        )
+        named = f"SmallConvPyramid(channels={config.backbone_channels})"
+    else:
+        fits = (
+            isinstance(backbone, TorchvisionResNetPyramid)
+            and backbone.arch == config.backbone
+            and backbone.stages == _RESNET_STAGES
+        )
+        named = f"TorchvisionResNetPyramid({config.backbone!r}, stages={_RESNET_STAGES})"
+    if not fits:
+        raise ValueError(
+            f"backbone: config.backbone={config.backbone!r} means {named} (what "
+            f"from_pretrained rebuilds), got a {type(backbone).__name__} with channels "
+            f"{backbone.channels}; set config.backbone='custom' to use any other FeaturePyramid"
+        )
+    return backbone
 
 
 class VAL(nn.Module):
@@ -208,16 +324,30 @@ class VAL(nn.Module):
     ``(B, C_l, H_l, W_l)``, the text encoder ``t`` ``(B, D)``, and composer ``l`` the
     composed map ``F_o^l``. Each level is pooled and normalised,
     ``f_o^l = GAP(F_o^l) / ||GAP(F_o^l)||`` ``(B, C_l)``, and the retrieval embedding is
-    ``[f_o^1; ...; f_o^L] / sqrt(L)`` ``(B, E)``, ``E = sum_l C_l`` (unit norm). Gallery
-    images go through the same pyramid without composition.
+    ``[f_o^1; ...; f_o^L] / sqrt(L)`` ``(B, E)``, ``E = sum_l C_l`` (unit norm, so its
+    cosine with a target is the mean of the level cosines). Gallery images go through the
+    same pyramid without composition.
+
+    The parts are public: ``backbone`` (a :class:`~valfusion.encoders.FeaturePyramid`),
+    ``text_encoder`` (:class:`~valfusion.encoders.LSTMTextEncoder`), ``composer``
+    (:meth:`MultiLevelComposer.build <valfusion.layers.MultiLevelComposer.build>`),
+    ``loss`` (:class:`~valfusion.losses.HierarchicalMatchingLoss`) and, with
+    ``semantic_dim``, the linear heads ``semantic_query`` ``E -> S`` and ``semantic_text``
+    ``D -> S``.
 
     Args:
         config: The model configuration.
         vocabulary: The :class:`~valfusion.encoders.Vocabulary` (kept with the model so
             :meth:`search` accepts raw text and :meth:`save_pretrained` stores it).
         backbone: A :class:`~valfusion.encoders.FeaturePyramid` to use instead of
-            building ``config.backbone`` (required when ``config.backbone == "custom"``;
-            use it to pass a pretrained ResNet).
+            building ``config.backbone``: required when ``config.backbone == "custom"``;
+            otherwise it must be the module the config names (use it to pass a
+            pretrained ResNet, e.g. ``TorchvisionResNetPyramid("resnet50", weights=...)``).
+
+    Raises:
+        ValueError: If the vocabulary size differs from ``config.vocab_size``, the
+            backbone does not fit the config, ``config.level_weights`` does not have one
+            weight per level, or a part rejects its options.
 
     Example:
         >>> vocab = Vocabulary.from_texts(["make it red", "add a blue circle"])
@@ -235,18 +365,29 @@ class VAL(nn.Module):
         backbone: FeaturePyramid | None = None,
     ) -> None:
         super().__init__()
-        if vocabulary is not None and len(vocabulary) != config.vocab_size:
-            raise ValueError(
-                f"vocabulary: has {len(vocabulary)} tokens but config.vocab_size is "
-                f"{config.vocab_size}"
-            )
+        if not isinstance(config, VALConfig):
+            raise ValueError(f"config: expected a VALConfig, got {type(config).__name__}")
+        if vocabulary is not None:
+            if not isinstance(vocabulary, Vocabulary):
+                raise ValueError(
+                    f"vocabulary: expected a valfusion.encoders.Vocabulary or None, got "
+                    f"{type(vocabulary).__name__}"
+                )
+            if len(vocabulary) != config.vocab_size:
+                raise ValueError(
+                    f"vocabulary: has {len(vocabulary)} tokens but config.vocab_size is "
+                    f"{config.vocab_size}"
+                )
         self.config = config
         self.vocabulary = vocabulary
-        self.backbone = backbone if backbone is not None else build_backbone(config)
-        if not isinstance(self.backbone, FeaturePyramid):
+        self.backbone = (
+            _build_backbone(config) if backbone is None else _check_backbone(config, backbone)
+        )
+        num_levels = self.backbone.num_levels
+        if config.level_weights is not None and len(config.level_weights) != num_levels:
             raise ValueError(
-                f"backbone: expected a valfusion.encoders.FeaturePyramid, got "
-                f"{type(self.backbone).__name__}"
+                f"level_weights: expected one weight per backbone level ({num_levels}), got "
+                f"{len(config.level_weights)}: {config.level_weights}"
             )
         self.text_encoder = LSTMTextEncoder(
             config.vocab_size,
@@ -255,7 +396,9 @@ class VAL(nn.Module):
             out_dim=config.text_dim,
             dropout=config.text_dropout,
         )
-        feature_sizes = (
+        # "val_official" ties each level to one feature-map size; queries are checked
+        # against these sizes before any computation.
+        self._composer_sizes: list[tuple[int, int]] | None = (
             self.backbone.feature_sizes(config.image_size)
             if config.composer == "val_official"
             else None
@@ -264,18 +407,17 @@ class VAL(nn.Module):
             config.composer,
             self.backbone.channels,
             config.text_dim,
-            feature_sizes=feature_sizes,
+            feature_sizes=self._composer_sizes,
             **config.composer_kwargs,
         )
         self.embedding_dim = sum(self.backbone.channels)
+        self.semantic_query: nn.Linear | None = None
+        self.semantic_text: nn.Linear | None = None
         if config.semantic_dim is not None:
             # Visual-semantic space: composed embedding and side-information text are both
             # projected into it (the side information shares the text encoder).
             self.semantic_query = nn.Linear(self.embedding_dim, config.semantic_dim)
             self.semantic_text = nn.Linear(config.text_dim, config.semantic_dim)
-        else:
-            self.semantic_query = None
-            self.semantic_text = None
         self.loss = HierarchicalMatchingLoss(
             form=config.loss,
             level_weights=config.level_weights,
@@ -285,16 +427,125 @@ class VAL(nn.Module):
             margin=config.margin,
         )
 
+    # ------------------------------------------------------------------ validation
+
+    def _check_text(
+        self,
+        tokens: object,
+        lengths: object,
+        tokens_name: str,
+        lengths_name: str,
+        *,
+        inference: bool = False,
+    ) -> None:
+        """Token ids ``(B, T)`` in ``[0, V)`` and lengths ``(B,)`` in ``[1, T]``.
+
+        ``inference=True``: the caller runs in eval mode, so one text is fine.
+        """
+        tokens = check_ndim(check_int_tensor(tokens, tokens_name), tokens_name, 2, "(B, T)")
+        lengths = check_ndim(check_int_tensor(lengths, lengths_name), lengths_name, 1, "(B,)")
+        check_same_batch(tokens, tokens_name, lengths, lengths_name)
+        steps = tokens.shape[1]
+        if tokens.shape[0] == 0 or steps == 0:
+            raise ValueError(
+                f"{tokens_name}: expected at least one row and one step (B, T), got shape "
+                f"{fmt_shape(tokens)}"
+            )
+        low, high = int(tokens.min()), int(tokens.max())
+        if low < 0 or high >= self.config.vocab_size:
+            raise ValueError(
+                f"{tokens_name}: expected ids in [0, vocab_size={self.config.vocab_size}), got "
+                f"values in [{low}, {high}] in shape {fmt_shape(tokens)}"
+            )
+        low, high = int(lengths.min()), int(lengths.max())
+        if low < 1 or high > steps:
+            raise ValueError(
+                f"{lengths_name}: expected values in [1, T={steps}] for {tokens_name} of shape "
+                f"{fmt_shape(tokens)}, got values in [{low}, {high}]"
+            )
+        if not inference and self.text_encoder.training and tokens.shape[0] == 1:
+            raise ValueError(
+                f"{tokens_name}: batch size 1 in training mode, but the text encoder's batch "
+                f"norm needs at least 2 texts; call model.eval() to encode single queries"
+            )
+
+    def _check_query(
+        self,
+        images: object,
+        tokens: object,
+        lengths: object,
+        names: tuple[str, str, str] = ("images", "tokens", "lengths"),
+        *,
+        inference: bool = False,
+    ) -> None:
+        """Reference images, token ids and lengths of one batch of queries."""
+        images_name, tokens_name, lengths_name = names
+        images = check_images(images, images_name)
+        self._check_text(tokens, lengths, tokens_name, lengths_name, inference=inference)
+        assert isinstance(tokens, Tensor)
+        check_same_batch(images, images_name, tokens, tokens_name)
+        if self._composer_sizes is not None:
+            sizes = self.backbone.feature_sizes(tuple(images.shape[2:]))
+            if sizes != self._composer_sizes:
+                raise ValueError(
+                    f"{images_name}: the 'val_official' composer is tied to image_size="
+                    f"{self.config.image_size} (feature maps {self._composer_sizes}), got shape "
+                    f"{fmt_shape(images)} (feature maps {sizes})"
+                )
+
+    def _check_semantic_head(self, name: str) -> None:
+        if self.semantic_text is None:
+            raise ValueError(
+                f"{name}: this model has no side-information head (config.semantic_dim is "
+                f"None); build it with semantic_dim=S to use side information"
+            )
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ computation
+
+    def _encode_queries(
+        self, images: Tensor, tokens: Tensor, lengths: Tensor, return_attention: bool
+    ) -> CompositionOutput:
+        maps = self.backbone(images)
+        text = self.text_encoder(tokens, lengths)
+        attention = None
+        if return_attention:
+            composed, attention = self.composer(maps, text, return_attention=True)
+        else:
+            composed = self.composer(maps, text)
+        levels = _pool_levels(composed)
+        return CompositionOutput(_concat_levels(levels), levels, attention)
+
+    def _encode_targets(self, images: Tensor) -> CompositionOutput:
+        levels = _pool_levels(self.backbone(images))
+        return CompositionOutput(_concat_levels(levels), levels)
+
     # ------------------------------------------------------------------ encoding
 
     def encode_text(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """Text feature ``t``: tokens ``(B, T)`` long and lengths ``(B,)`` -> ``(B, D)``."""
+        """Text feature ``t`` of the modification texts.
+
+        Args:
+            tokens: ``(B, T)`` integer token ids in ``[0, V)`` (``Vocabulary.encode``).
+            lengths: ``(B,)`` integer valid lengths, each in ``[1, T]``.
+
+        Returns:
+            ``(B, D)`` text features.
+
+        Raises:
+            ValueError: Naming the argument, if a shape, dtype or value is out of range.
+        """
+        self._check_text(tokens, lengths, "tokens", "lengths")
         return self.text_encoder(tokens, lengths)
 
     def encode_image(
         self, images: Tensor, *, return_levels: bool = False
     ) -> Tensor | CompositionOutput:
         """Gallery / target embedding of images, without composition.
+
+        ``f_t = [f_t^1; ...; f_t^L] / sqrt(L)`` with ``f_t^l = GAP(F_t^l) / ||GAP(F_t^l)||``.
 
         Args:
             images: ``(B, 3, H, W)`` float images.
@@ -303,10 +554,13 @@ class VAL(nn.Module):
         Returns:
             ``(B, E)`` unit-norm embeddings, or a :class:`CompositionOutput` with the
             levels ``(B, C_l)`` when ``return_levels=True``.
+
+        Raises:
+            ValueError: If ``images`` has the wrong rank, channel count or dtype.
         """
-        levels = _pool_levels(self.backbone(images))
-        embedding = _concat_levels(levels)
-        return CompositionOutput(embedding, levels) if return_levels else embedding
+        check_images(images, "images")
+        out = self._encode_targets(images)
+        return out if return_levels else out.embedding
 
     def compose(
         self,
@@ -319,10 +573,14 @@ class VAL(nn.Module):
     ) -> Tensor | CompositionOutput:
         """Query embedding of reference images modified by texts.
 
+        ``f_o = [f_o^1; ...; f_o^L] / sqrt(L)``, ``f_o^l`` the normalised GAP of
+        ``composer_l(F_r^l, t)``. All inputs are checked before anything is computed.
+
         Args:
-            images: ``(B, 3, H, W)`` reference images.
-            tokens: ``(B, T)`` token ids (``Vocabulary.encode``).
-            lengths: ``(B,)`` valid lengths, each in ``[1, T]``.
+            images: ``(B, 3, H, W)`` float reference images (for ``"val_official"``, of
+                ``config.image_size``).
+            tokens: ``(B, T)`` integer token ids in ``[0, V)`` (``Vocabulary.encode``).
+            lengths: ``(B,)`` integer valid lengths, each in ``[1, T]``.
             return_levels: Also return the per-level embeddings ``(B, C_l)``.
             return_attention: Also return each level's attention maps.
 
@@ -331,45 +589,70 @@ class VAL(nn.Module):
             levels or attention are asked for.
 
         Raises:
-            ValueError: If images, tokens or lengths are malformed, or their batch sizes
-                differ.
+            ValueError: Naming the argument, if ``images`` has the wrong rank, channel
+                count, dtype (or size, for ``"val_official"``), ``tokens`` holds ids out of
+                the vocabulary's range, ``lengths`` is 0 or longer than ``T``, or the batch
+                sizes differ.
         """
-        maps = self.backbone(images)
-        text = self.encode_text(tokens, lengths)
-        if text.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"tokens: batch size {tokens.shape[0]} does not match images batch size "
-                f"{images.shape[0]} (images shape {fmt_shape(images)})"
-            )
-        attention = None
-        if return_attention:
-            composed, attention = self.composer(maps, text, return_attention=True)
-        else:
-            composed = self.composer(maps, text)
-        levels = _pool_levels(composed)
-        embedding = _concat_levels(levels)
-        if return_levels or return_attention:
-            return CompositionOutput(embedding, levels, attention)
-        return embedding
+        self._check_query(images, tokens, lengths)
+        out = self._encode_queries(images, tokens, lengths, return_attention)
+        return out if return_levels or return_attention else out.embedding
 
     def forward(self, images: Tensor, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """Same as :meth:`compose`: ``(B, 3, H, W), (B, T), (B,) -> (B, E)``."""
-        return self.compose(images, tokens, lengths)
+        """Same as :meth:`compose`: ``(B, 3, H, W), (B, T), (B,) -> (B, E)``.
+
+        Args:
+            images: ``(B, 3, H, W)`` reference images.
+            tokens: ``(B, T)`` token ids.
+            lengths: ``(B,)`` valid lengths.
+
+        Returns:
+            ``(B, E)`` unit-norm query embeddings.
+        """
+        out = self.compose(images, tokens, lengths)
+        assert isinstance(out, Tensor)
+        return out
 
     def encode_side_info(self, tokens: Tensor, lengths: Tensor) -> Tensor:
-        """Side information (tags, captions) in the visual-semantic space: ``(B, T) -> (B, S)``.
+        """Side information (tags, captions) in the visual-semantic space.
+
+        ``g_s = W_text · text_encoder(tokens, lengths) + b`` (the side information shares
+        the text encoder with the modification text).
+
+        Args:
+            tokens: ``(B, T)`` integer token ids in ``[0, V)``.
+            lengths: ``(B,)`` integer valid lengths in ``[1, T]``.
+
+        Returns:
+            ``(B, S)`` side-information embeddings.
 
         Raises:
-            ValueError: If the model was built with ``semantic_dim=None``.
+            ValueError: If the model was built with ``semantic_dim=None``, or an input is
+                malformed (naming it).
         """
-        if self.semantic_text is None:
-            raise ValueError("semantic_dim: the model has no side-information head (None)")
-        return self.semantic_text(self.encode_text(tokens, lengths))
+        self._check_semantic_head("semantic_dim")
+        self._check_text(tokens, lengths, "tokens", "lengths")
+        assert self.semantic_text is not None
+        return self.semantic_text(self.text_encoder(tokens, lengths))
 
     def project_semantic(self, composed: Tensor) -> Tensor:
-        """Composed embeddings ``(B, E)`` into the visual-semantic space ``(B, S)``."""
-        if self.semantic_query is None:
-            raise ValueError("semantic_dim: the model has no side-information head (None)")
+        """Composed embeddings into the visual-semantic space: ``g_o = W_query f_o + b``.
+
+        Args:
+            composed: ``(B, E)`` query embeddings from :meth:`compose`.
+
+        Returns:
+            ``(B, S)``.
+
+        Raises:
+            ValueError: If the model was built with ``semantic_dim=None``, or ``composed``
+                is not a float ``(B, E)`` tensor.
+        """
+        self._check_semantic_head("semantic_dim")
+        composed = check_ndim(composed, "composed", 2, "(B, E)")
+        check_floating(composed, "composed")
+        check_size(composed, "composed", 1, self.embedding_dim, "embedding size E")
+        assert self.semantic_query is not None
         return self.semantic_query(composed)
 
     # ------------------------------------------------------------------ training
@@ -385,47 +668,87 @@ class VAL(nn.Module):
     ) -> HierarchicalMatchingOutput:
         """Hierarchical matching loss of a batch of triplets.
 
-        Visual-visual at every level between ``f_o^l`` (composed) and ``f_t^l`` (target),
-        plus, when side information is given, visual-semantic between the projected
-        composed embedding and the encoded side information of the target.
+        ``L = sum_l w_l P(f_o^l, f_t^l) + lambda P(g_o, g_s)``: visual-visual at every level
+        between composed and target embeddings, plus, when side information is given,
+        visual-semantic between the projected composed embedding ``g_o`` and the encoded
+        side information ``g_s`` of the target. ``P`` is the configured pairwise loss
+        with the other items of the batch as negatives.
 
         Args:
             reference_images: ``(B, 3, H, W)``.
             tokens: ``(B, T)`` modification-text ids.
             lengths: ``(B,)``.
-            target_images: ``(B, 3, H, W)``.
+            target_images: ``(B, 3, H', W')``.
             side_tokens: ``(B, T')`` side-information ids of the targets, or ``None``.
             side_lengths: ``(B,)``, given with ``side_tokens``.
 
         Returns:
             A :class:`~valfusion.losses.HierarchicalMatchingOutput` (total, per level,
             semantic).
+
+        Raises:
+            ValueError: Naming the argument, on a malformed input or batch-size mismatch,
+                when only one of ``side_tokens``/``side_lengths`` is given, or when side
+                information is given to a model without ``semantic_dim``.
         """
+        self._check_query(
+            reference_images, tokens, lengths, ("reference_images", "tokens", "lengths")
+        )
+        check_images(target_images, "target_images")
+        check_same_batch(reference_images, "reference_images", target_images, "target_images")
         if (side_tokens is None) != (side_lengths is None):
-            raise ValueError("side_lengths: give side_tokens and side_lengths together")
-        query = self.compose(reference_images, tokens, lengths, return_levels=True)
-        target = self.encode_image(target_images, return_levels=True)
-        assert isinstance(query, CompositionOutput) and isinstance(target, CompositionOutput)
-        if target.embedding.shape[0] != query.embedding.shape[0]:
-            raise ValueError(
-                f"target_images: batch size {target_images.shape[0]} does not match "
-                f"reference_images batch size {reference_images.shape[0]}"
-            )
+            missing = "side_lengths" if side_lengths is None else "side_tokens"
+            raise ValueError(f"{missing}: give side_tokens and side_lengths together")
+        if side_tokens is not None:
+            self._check_semantic_head("side_tokens")
+            self._check_text(side_tokens, side_lengths, "side_tokens", "side_lengths")
+            check_same_batch(reference_images, "reference_images", side_tokens, "side_tokens")
+
+        query = self._encode_queries(reference_images, tokens, lengths, return_attention=False)
+        target = self._encode_targets(target_images)
         composed_semantic = side = None
         if side_tokens is not None and side_lengths is not None:
-            side = self.encode_side_info(side_tokens, side_lengths)
-            composed_semantic = self.project_semantic(query.embedding)
+            assert self.semantic_text is not None and self.semantic_query is not None
+            side = self.semantic_text(self.text_encoder(side_tokens, side_lengths))
+            composed_semantic = self.semantic_query(query.embedding)
         return self.loss(query.levels, target.levels, composed_semantic, side)
 
     # ------------------------------------------------------------------ search
 
     @torch.no_grad()
     def embed_gallery(self, images: Tensor, batch_size: int = 256) -> Tensor:
-        """Embed gallery images ``(G, 3, H, W)`` in batches -> ``(G, E)``."""
+        """Embed gallery images in batches, in evaluation mode.
+
+        Batch norm uses its running statistics and dropout is off, so an embedding does
+        not depend on the batch it was computed in and the model's statistics are left
+        untouched; every submodule's train/eval mode is restored afterwards. Chunks are
+        moved to the model's device.
+
+        Args:
+            images: ``(G, 3, H, W)`` float images, ``G >= 1`` (any device).
+            batch_size: Images per forward pass.
+
+        Returns:
+            ``(G, E)`` unit-norm embeddings, as :meth:`encode_image` in eval mode, on the
+            model's device.
+
+        Raises:
+            ValueError: If ``images`` is malformed or empty, or ``batch_size`` is not a
+                positive integer.
+        """
+        check_images(images, "images")
+        if images.shape[0] == 0:
+            raise ValueError("images: expected at least one gallery image, got shape (0, ...)")
         check_positive_int(batch_size, "batch_size")
-        return torch.cat(
-            [self.encode_image(chunk) for chunk in images.split(batch_size)], dim=0
-        )
+        device = self._device()
+        with _evaluation_mode(self):
+            return torch.cat(
+                [
+                    self._encode_targets(chunk.to(device)).embedding
+                    for chunk in images.split(batch_size)
+                ],
+                dim=0,
+            )
 
     @torch.no_grad()
     def search(
@@ -441,82 +764,130 @@ class VAL(nn.Module):
     ) -> SearchResult:
         """One query: the top-k gallery items for a reference image and a text.
 
+        Scores are cosine similarities ``cos(f_o, f_g)`` between the query embedding and
+        each gallery embedding; results are sorted by score, descending, ties by lower
+        gallery index. Runs in evaluation mode (as :meth:`embed_gallery`; each
+        submodule's mode is restored afterwards); inputs are moved to the model's device.
+
         Args:
-            image: ``(3, H, W)`` or ``(1, 3, H, W)`` reference image.
-            text: The modification text (needs the model's vocabulary), or
-                ``(tokens (1, T), lengths (1,))``.
+            image: ``(3, H, W)`` or ``(1, 3, H, W)`` float reference image.
+            text: The modification text (needs the model's vocabulary), or a pair
+                ``(tokens (1, T), lengths (1,))`` such as ``vocabulary.encode([text])``.
             gallery: Gallery images ``(G, 3, H, W)`` or precomputed embeddings ``(G, E)``
                 from :meth:`encode_image` / :meth:`embed_gallery`.
-            k: How many results (clipped to the gallery size).
-            exclude: A gallery index to leave out (the reference image itself).
+            k: How many results; clipped to the number of gallery items left after
+                ``exclude``.
+            exclude: A gallery index in ``[0, G)`` to leave out (the reference image itself).
             return_attention: Also return the query's attention maps.
             batch_size: Batch size for embedding gallery images.
 
         Returns:
-            A :class:`SearchResult` with ``(k,)`` indices and cosine scores.
+            A :class:`SearchResult` with ``(k,)`` indices and scores.
+
+        Raises:
+            ValueError: Naming the argument, if ``image`` is not one image, ``text`` is
+                raw text without a vocabulary or a malformed pair, ``gallery`` is neither
+                ``(G, 3, H, W)`` images nor ``(G, E)`` embeddings or is empty, ``exclude``
+                is not an index of the gallery, or ``k`` is not a positive integer.
         """
         check_positive_int(k, "k")
+        if not isinstance(image, Tensor) or image.dim() not in (3, 4):
+            got = fmt_shape(image) if isinstance(image, Tensor) else type(image).__name__
+            raise ValueError(f"image: expected one image (3, H, W) or (1, 3, H, W), got {got}")
         if image.dim() == 3:
             image = image.unsqueeze(0)
-        check_ndim(image, "image", 4, "(1, 3, H, W)")
         if image.shape[0] != 1:
-            raise ValueError(f"image: expected one image (1, 3, H, W), got {fmt_shape(image)}")
+            raise ValueError(
+                f"image: expected one image (3, H, W) or (1, 3, H, W), got shape {fmt_shape(image)}"
+            )
         if isinstance(text, str):
             if self.vocabulary is None:
-                raise ValueError("text: raw text needs a vocabulary; pass (tokens, lengths)")
-            tokens, lengths = self.vocabulary.encode([text])
-        else:
-            tokens, lengths = text
-        device = image.device
-        out = self.compose(
-            image, tokens.to(device), lengths.to(device), return_attention=return_attention
-        )
-        query = out.embedding if isinstance(out, CompositionOutput) else out
-        if gallery.dim() == 2:
-            if gallery.shape[1] != self.embedding_dim:
                 raise ValueError(
-                    f"gallery: expected embeddings (G, {self.embedding_dim}), got "
-                    f"{fmt_shape(gallery)}"
+                    "text: raw text needs the model's vocabulary (none was given); pass "
+                    "(tokens, lengths) instead"
                 )
-            embeddings = gallery.to(device=device, dtype=query.dtype)
-        elif gallery.dim() == 4:
-            embeddings = self.embed_gallery(gallery, batch_size)
+            tokens, lengths = self.vocabulary.encode([text])
+        elif isinstance(text, (tuple, list)) and len(text) == 2:
+            tokens, lengths = text
         else:
             raise ValueError(
-                f"gallery: expected images (G, 3, H, W) or embeddings (G, E), got "
-                f"{fmt_shape(gallery)}"
+                f"text: expected a str or a pair (tokens (1, T), lengths (1,)), got "
+                f"{type(text).__name__}"
             )
-        if embeddings.shape[0] == 0:
-            raise ValueError("gallery: expected at least one item, got an empty gallery")
-        scores = (embeddings @ query[0]).float()
+        self._check_query(image, tokens, lengths, ("image", "text[0]", "text[1]"), inference=True)
+
+        if not isinstance(gallery, Tensor) or gallery.dim() not in (2, 4):
+            got = fmt_shape(gallery) if isinstance(gallery, Tensor) else type(gallery).__name__
+            raise ValueError(
+                f"gallery: expected images (G, 3, H, W) or embeddings (G, {self.embedding_dim}), "
+                f"got {got}"
+            )
+        if gallery.dim() == 4:
+            check_images(gallery, "gallery")
+        else:
+            check_floating(gallery, "gallery")
+            check_size(gallery, "gallery", 1, self.embedding_dim, "embedding size E")
+        size = gallery.shape[0]
+        if size == 0:
+            raise ValueError(f"gallery: expected at least one item, got shape {fmt_shape(gallery)}")
+        if exclude is not None:
+            try:
+                if isinstance(exclude, bool):
+                    raise TypeError
+                exclude = operator.index(exclude)
+            except TypeError:
+                raise ValueError(
+                    f"exclude: expected a gallery index (int) or None, got {exclude!r}"
+                ) from None
+            if not 0 <= exclude < size:
+                raise ValueError(
+                    f"exclude: expected a gallery index in [0, G={size}), got {exclude}"
+                )
+
+        device = self._device()
+        with _evaluation_mode(self):
+            query = self._encode_queries(
+                image.to(device), tokens.to(device), lengths.to(device), return_attention
+            )
+            if gallery.dim() == 4:
+                embeddings = self.embed_gallery(gallery, batch_size)
+            else:
+                embeddings = gallery.to(device)
+        embedding = query.embedding[0]
+        scores = F.normalize(embeddings.to(embedding.dtype), dim=-1) @ embedding
         if exclude is not None:
             scores[exclude] = float("-inf")
-        k = min(k, scores.shape[0] - (exclude is not None))
+        k = min(k, size - (exclude is not None))
         # Stable descending sort: equal scores keep gallery order (lower index first).
         order = torch.sort(scores, descending=True, stable=True).indices[:k]
-        attention = out.attention if isinstance(out, CompositionOutput) else None
-        return SearchResult(order, scores[order], attention)
+        return SearchResult(order, scores[order], query.attention)
 
     # ------------------------------------------------------------------ persistence
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``config.json``, ``vocabulary.json`` (if any) and ``model.pt`` to ``directory``.
 
-        The weights are a plain state dict of tensors, loadable with
-        ``torch.load(weights_only=True)`` (no code runs on load). Each file is written
-        atomically (temporary file, then rename).
+        The weights are a plain state dict of CPU tensors, loadable with
+        ``torch.load(path, weights_only=True)`` (no code runs on load). Each file is
+        written atomically (temporary file, then rename); a ``vocabulary.json`` left by an
+        earlier save is removed when the model has no vocabulary.
+
+        Args:
+            directory: Created if missing; existing files of the same names are replaced.
 
         Returns:
             The directory path.
         """
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        config = json.dumps(self.config.to_dict(), indent=2).encode()
-        _atomic_write_bytes(path / CONFIG_FILE, lambda f: f.write(config))
+        config = (json.dumps(self.config.to_dict(), indent=2) + "\n").encode()
+        _atomic_write(path / CONFIG_FILE, lambda f: f.write(config))
         if self.vocabulary is not None:
             self.vocabulary.save(path / VOCABULARY_FILE)
-        state = {k: v.detach().cpu() for k, v in self.state_dict().items()}
-        _atomic_write_bytes(path / WEIGHTS_FILE, lambda f: torch.save(state, f))
+        else:
+            (path / VOCABULARY_FILE).unlink(missing_ok=True)
+        state = {name: value.detach().cpu() for name, value in self.state_dict().items()}
+        _atomic_write(path / WEIGHTS_FILE, lambda f: torch.save(state, f))
         return path
 
     @classmethod
@@ -527,25 +898,43 @@ class VAL(nn.Module):
         backbone: FeaturePyramid | None = None,
         map_location: str | torch.device = "cpu",
     ) -> VAL:
-        """Rebuild a model written by :meth:`save_pretrained` (weights loaded safely).
+        """Rebuild a model written by :meth:`save_pretrained`, in evaluation mode.
+
+        The weights are read with ``torch.load(weights_only=True)`` and loaded strictly.
+        As with Hugging Face models, the result is in eval mode; call ``.train()`` to
+        fine-tune.
 
         Args:
             directory: The directory given to :meth:`save_pretrained`.
-            backbone: The backbone module, required when the config says ``"custom"``.
+            backbone: The backbone module, required when the config says ``"custom"``
+                (its weights are then overwritten by the saved ones).
             map_location: Where to load the weights.
+
+        Returns:
+            The model, in eval mode, with the saved vocabulary (if one was saved).
 
         Raises:
             FileNotFoundError: If the directory lacks ``config.json`` or ``model.pt``.
+            ValueError: If ``config.json`` is not a valid configuration.
         """
         path = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (path / name).is_file():
-                raise FileNotFoundError(f"directory: {path} has no {name}; not a saved VAL model")
-        config = VALConfig.from_dict(json.loads((path / CONFIG_FILE).read_text()))
+                raise FileNotFoundError(
+                    f"directory: {path} has no {name}; not a directory written by "
+                    f"VAL.save_pretrained"
+                )
+        try:
+            data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"directory: {path / CONFIG_FILE} is not valid JSON ({error})"
+            ) from error
+        config = VALConfig.from_dict(data)
         vocabulary = (
             Vocabulary.load(path / VOCABULARY_FILE) if (path / VOCABULARY_FILE).is_file() else None
         )
         model = cls(config, vocabulary=vocabulary, backbone=backbone)
         state = torch.load(path / WEIGHTS_FILE, map_location=map_location, weights_only=True)
         model.load_state_dict(state)
-        return model
+        return model.eval()
