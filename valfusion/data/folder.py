@@ -1,0 +1,215 @@
+"""The generic folder format: triplets a user (or a test) can write by hand.
+
+Layout (every PATH relative to ``DIR``, any image format Pillow reads)::
+
+    DIR/train.jsonl      one object per line: {"reference": PATH, "text": STR, "target": PATH}
+    DIR/test.jsonl       same keys; "target" may be a list of paths, all correct
+    DIR/gallery.txt      optional, one PATH per line; default: the union of the test
+                         references and targets (the "val" protocol)
+    DIR/side_info.json   optional: {PATH: "text about that image"}
+
+:func:`load_folder` reads it (checking every line and image before training) and
+:func:`write_folder` writes it from triplets and images.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from valfusion.data.annotations import Record, read_json_entries, read_jsonl, read_lines
+from valfusion.data.errors import DataError
+from valfusion.data.images import ImageFiles, size_record
+from valfusion.data.split import DataSplit, RetrievalData
+from valfusion.data.triplet import Triplet
+from valfusion.data.validation import build_split
+
+__all__ = ["load_folder", "write_folder"]
+
+_SPLIT_NAMES = ("train", "test")
+
+
+def _path_field(record: Record, key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"{record.source}: {key!r} must be a non-empty path string, got {value!r}")
+    if PurePosixPath(value).is_absolute() or Path(value).is_absolute():
+        raise DataError(f"{record.source}: {key!r} must be relative to the folder, got {value!r}")
+    return PurePosixPath(value).as_posix()
+
+
+def _triplet(record: Record) -> Triplet:
+    fields = record.value
+    for key in ("reference", "text", "target"):
+        if key not in fields:
+            raise DataError(f"{record.source}: missing key {key!r} (keys: {sorted(fields)})")
+    if not isinstance(fields["text"], str):
+        raise DataError(f"{record.source}: 'text' must be a string, got {fields['text']!r}")
+    target = fields["target"]
+    targets = [target] if isinstance(target, str) else target
+    if not isinstance(targets, list) or not targets:
+        raise DataError(
+            f"{record.source}: 'target' must be a path or a non-empty list of paths, got {target!r}"
+        )
+    return Triplet(
+        reference=_path_field(record, "reference", fields["reference"]),
+        text=fields["text"],
+        targets=tuple(dict.fromkeys(_path_field(record, "target", t) for t in targets)),
+        source=record.source,
+    )
+
+
+def _side_info(path: Path) -> dict[str, str]:
+    side_info = {}
+    for record in read_json_entries(path):
+        if not isinstance(record.value, str):
+            raise DataError(f"{record.source}: side information of {record.key!r} must be a string")
+        side_info[_path_field(record, "key", record.key)] = record.value
+    return side_info
+
+
+def load_folder(
+    directory: str | os.PathLike[str],
+    *,
+    splits: Sequence[str] = _SPLIT_NAMES,
+    image_size: int | Sequence[int] = 224,
+    check_images: bool = True,
+    drop_missing_images: bool = False,
+) -> RetrievalData:
+    """Load a folder in the generic format.
+
+    Args:
+        directory: the folder ``DIR``.
+        splits: which of ``"train"`` and ``"test"`` to load (each needs its ``.jsonl``).
+        image_size: images are resized to this (int or ``(H, W)``): tensors ``(3, H, W)``.
+        check_images: look up every image before returning.
+        drop_missing_images: drop triplets whose images are missing instead of raising
+            (counts printed and recorded in each split).
+
+    Returns:
+        :class:`RetrievalData` named ``"folder:DIR"`` with ``evaluation = {"test": ...}``;
+        protocol ``"val"`` (no ``gallery.txt``) or ``"gallery.txt"``.
+
+    Raises:
+        DataError: ``file:line: ...`` for a malformed line, a missing key, an empty split, a
+            missing image or a target not in the gallery.
+    """
+    directory = Path(directory)
+    unknown = [s for s in splits if s not in _SPLIT_NAMES]
+    if unknown or not splits:
+        raise ValueError(
+            f"splits: expected a non-empty subset of {_SPLIT_NAMES}, got {tuple(splits)!r}"
+        )
+    if not directory.is_dir():
+        raise DataError(f"{directory}: not a folder")
+    images = ImageFiles(directory, match="path", image_size=image_size)
+    side_path = directory / "side_info.json"
+    side_info = _side_info(side_path) if side_path.is_file() else {}
+    gallery_path = directory / "gallery.txt"
+
+    loaded: dict[str, DataSplit] = {}
+    for name in splits:
+        path = directory / f"{name}.jsonl"
+        if not path.is_file():
+            raise DataError(f"{path}: file not found (split {name!r} requested)")
+        triplets = [_triplet(record) for record in read_jsonl(path)]
+        gallery = None
+        if name == "test" and gallery_path.is_file():
+            gallery = {}
+            for line in read_lines(gallery_path):
+                gallery.setdefault(_path_field(line, "gallery entry", line.value), line.source)
+        loaded[name] = build_split(
+            name,
+            triplets,
+            images=images,
+            origin=str(path),
+            gallery=gallery,
+            side_info=side_info,
+            check_images=check_images,
+            drop_missing_images=drop_missing_images,
+        )
+    return RetrievalData(
+        name=f"folder:{directory}",
+        train=loaded.get("train"),
+        evaluation={"test": loaded["test"]} if "test" in loaded else {},
+        protocol="gallery.txt" if gallery_path.is_file() else "val",
+        info={"image_size": size_record(image_size)},
+    )
+
+
+def _save_image(image: Any, path: Path) -> None:
+    if isinstance(image, Tensor):
+        if image.dim() != 3 or image.shape[0] != 3:
+            raise ValueError(
+                f"images[{path.name!r}]: expected a (3, H, W) tensor, got shape {tuple(image.shape)}"
+            )
+        if image.dtype != torch.uint8:
+            image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+        try:
+            from PIL import Image
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                'writing image files needs Pillow: pip install "valfusion[demo]"'
+            ) from err
+        height, width = image.shape[1:]
+        pixels = rearrange(image.cpu(), "c h w -> h w c").contiguous()
+        # the raw bytes of a contiguous uint8 CPU tensor, without numpy
+        image = Image.frombytes(
+            "RGB", (width, height), ctypes.string_at(pixels.data_ptr(), pixels.numel())
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path)
+
+
+def _line(triplet: Triplet) -> str:
+    target: str | list[str] = (
+        triplet.targets[0] if len(triplet.targets) == 1 else list(triplet.targets)
+    )
+    return json.dumps({"reference": triplet.reference, "text": triplet.text, "target": target})
+
+
+def write_folder(
+    directory: str | os.PathLike[str],
+    *,
+    images: Mapping[str, Any],
+    train: Sequence[Triplet] | None = None,
+    test: Sequence[Triplet] | None = None,
+    gallery: Sequence[str] | None = None,
+    side_info: Mapping[str, str] | None = None,
+) -> Path:
+    """Write triplets and images as a folder in the generic format.
+
+    Args:
+        directory: the folder to write (created if needed).
+        images: ``{relative path: image}``; an image is a tensor ``(3, H, W)`` (uint8, or
+            float in ``[0, 1]``) or a ``PIL.Image``; the path's suffix picks the format.
+        train: training triplets (ids are the relative image paths).
+        test: test triplets; several targets become a JSON list.
+        gallery: written to ``gallery.txt`` when given.
+        side_info: written to ``side_info.json`` when given.
+
+    Returns:
+        The folder's path.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for image_id, image in images.items():
+        _save_image(image, directory / image_id)
+    for name, triplets in (("train", train), ("test", test)):
+        if triplets is not None:
+            text = "".join(_line(t) + "\n" for t in triplets)
+            (directory / f"{name}.jsonl").write_text(text, encoding="utf-8")
+    if gallery is not None:
+        (directory / "gallery.txt").write_text("".join(g + "\n" for g in gallery), encoding="utf-8")
+    if side_info is not None:
+        (directory / "side_info.json").write_text(
+            json.dumps(dict(side_info), indent=1), encoding="utf-8"
+        )
+    return directory

@@ -1,0 +1,300 @@
+"""Images: from an id to a normalised float tensor ``(3, H, W)``.
+
+Every data source hands the engine an :class:`ImageLoader`: a callable that maps an
+image id to a tensor, and answers ``id in loader`` without decoding anything (so
+missing files are found before training). :class:`ImageFiles` reads files with
+Pillow (the ``demo`` extra, imported only when an image is actually read); the
+synthetic benchmark renders in memory.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from einops import rearrange
+from torch import Tensor
+
+from valfusion.data.errors import DataError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGE_SUFFIXES",
+    "ImageFiles",
+    "ImageLoader",
+    "denormalize",
+    "load_image",
+    "normalize",
+    "size_record",
+    "to_size",
+]
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+"""Per-channel (R, G, B) mean every loader normalises with by default."""
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+"""Per-channel (R, G, B) standard deviation every loader normalises with by default."""
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+)
+"""File suffixes ``ImageFiles(match="stem")`` looks for."""
+
+
+@runtime_checkable
+class ImageLoader(Protocol):
+    """Maps an image id to a normalised image tensor.
+
+    ``loader(image_id)`` returns a float tensor of shape ``(3, H, W)``;
+    ``image_id in loader`` says whether the image exists, without decoding it.
+    """
+
+    def __call__(self, image_id: str) -> Tensor: ...
+
+    def __contains__(self, image_id: object) -> bool: ...
+
+
+def to_size(image_size: int | Sequence[int], name: str = "image_size") -> tuple[int, int]:
+    """Normalise an image size argument to ``(H, W)``.
+
+    Args:
+        image_size: one int (square) or ``(H, W)``.
+        name: the argument name used in error messages.
+
+    Returns:
+        ``(H, W)`` as two positive ints.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(image_size, int):
+        size: tuple = (image_size, image_size)
+    elif isinstance(image_size, Sequence) and not isinstance(image_size, str):
+        size = tuple(image_size)
+    else:
+        size = ()
+    if len(size) != 2 or not all(
+        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size
+    ):
+        raise ValueError(
+            f"{name}: expected a positive int or (H, W) of positive ints, got {image_size!r}"
+        )
+    return size  # type: ignore[return-value]
+
+
+def size_record(image_size: int | Sequence[int]) -> int | list[int]:
+    """``image_size`` as results record it: one int when square, else ``[H, W]``.
+
+    Args:
+        image_size: an int or ``(H, W)``.
+
+    Returns:
+        The int side, or ``[H, W]``.
+    """
+    height, width = to_size(image_size)
+    return height if height == width else [height, width]
+
+
+def _stats(values: Sequence[float], name: str) -> Tensor:
+    stats = torch.tensor(values, dtype=torch.float32)
+    if stats.shape != (3,):
+        raise ValueError(f"{name}: expected 3 values (R, G, B), got {tuple(values)!r}")
+    return rearrange(stats, "c -> c 1 1")
+
+
+def normalize(
+    images: Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tensor:
+    """Map pixel values in ``[0, 1]`` to normalised values: ``(x - mean) / std`` per channel.
+
+    Args:
+        images: ``(3, H, W)`` or ``(B, 3, H, W)`` floats in ``[0, 1]``.
+        mean: per-channel mean, 3 values.
+        std: per-channel standard deviation, 3 values.
+
+    Returns:
+        Tensor of the input's shape.
+    """
+    return (images - _stats(mean, "mean")) / _stats(std, "std")
+
+
+def denormalize(
+    images: Tensor,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tensor:
+    """Invert :func:`normalize` for display: ``x * std + mean``, clamped to ``[0, 1]``.
+
+    Args:
+        images: ``(3, H, W)`` or ``(B, 3, H, W)`` normalised images.
+        mean: the mean used to normalise.
+        std: the standard deviation used to normalise.
+
+    Returns:
+        Tensor of the input's shape with values in ``[0, 1]``.
+    """
+    return (images * _stats(std, "std") + _stats(mean, "mean")).clamp(0.0, 1.0)
+
+
+def _pillow():
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            'reading image files needs Pillow: pip install "valfusion[demo]"'
+        ) from err
+    return Image
+
+
+def load_image(
+    path: str | os.PathLike[str],
+    image_size: int | Sequence[int] = 224,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tensor:
+    """Read an image file with Pillow, resize it and normalise it.
+
+    Any format Pillow reads; converted to RGB, resized (bilinear, aspect ratio not
+    kept) to ``image_size``, scaled to ``[0, 1]`` and normalised with ``mean``/``std``.
+
+    Args:
+        path: the image file.
+        image_size: output size, an int (square) or ``(H, W)``.
+        mean: per-channel mean used to normalise.
+        std: per-channel standard deviation used to normalise.
+
+    Returns:
+        Float32 tensor ``(3, H, W)``.
+
+    Raises:
+        DataError: the file is missing or Pillow cannot read it.
+        ImportError: Pillow is not installed (the ``demo`` extra).
+    """
+    height, width = to_size(image_size)
+    image_module = _pillow()
+    try:
+        with image_module.open(path) as image:
+            rgb = image.convert("RGB").resize((width, height), image_module.Resampling.BILINEAR)
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: image file not found") from err
+    except OSError as err:  # Pillow's UnidentifiedImageError is an OSError
+        raise DataError(f"{path}: cannot read image ({err})") from err
+    pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+    pixels = rearrange(pixels, "(h w c) -> c h w", h=height, w=width, c=3)
+    return normalize(pixels.float() / 255.0, mean, std)
+
+
+Match = Literal["path", "stem", "name"]
+
+
+class ImageFiles:
+    """Images stored as files under one root folder, read lazily with Pillow.
+
+    How an id finds its file (``match``):
+
+    - ``"path"``: the id is a path relative to ``root`` (generic folder, Fashion200k).
+    - ``"stem"``: the id is a file name without suffix, files directly in ``root``
+      (FashionIQ: ``B0084Y8XIU`` -> ``root/B0084Y8XIU.jpg`` or ``.png``).
+    - ``"name"``: the id is a file name found anywhere below ``root`` (Shoes, whose
+      images are often kept in per-category sub-folders).
+
+    Args:
+        root: the image folder.
+        match: how ids map to files (see above).
+        image_size: output size, an int (square) or ``(H, W)``.
+        mean: per-channel mean used to normalise.
+        std: per-channel standard deviation used to normalise.
+
+    ``files(image_id)`` returns a float tensor ``(3, H, W)``.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        match: Match = "path",
+        image_size: int | Sequence[int] = 224,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        if match not in ("path", "stem", "name"):
+            raise ValueError(f"match: expected 'path', 'stem' or 'name', got {match!r}")
+        self.root = Path(root)
+        self.match = match
+        self.image_size = to_size(image_size)
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self._index: dict[str, Path] | None = None
+
+    def __repr__(self) -> str:
+        return f"ImageFiles(root={str(self.root)!r}, match={self.match!r}, image_size={self.image_size})"
+
+    def _build_index(self) -> dict[str, Path]:
+        # One directory listing instead of a stat per id: real galleries hold thousands of images.
+        index: dict[str, Path] = {}
+        if not self.root.is_dir():
+            return index
+        if self.match == "stem":
+            for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+                suffix = os.path.splitext(entry.name)[1].lower()
+                if suffix in IMAGE_SUFFIXES and entry.is_file():
+                    index.setdefault(os.path.splitext(entry.name)[0], Path(entry.path))
+        else:
+            for folder, dirs, names in os.walk(self.root):
+                dirs.sort()
+                for name in sorted(names):
+                    index.setdefault(name, Path(folder) / name)
+        return index
+
+    def path(self, image_id: str) -> Path | None:
+        """The file of ``image_id``, or ``None`` when there is none.
+
+        Args:
+            image_id: the id as the annotations write it.
+
+        Returns:
+            The path, or ``None``.
+        """
+        if self.match == "path":
+            candidate = self.root / image_id
+            return candidate if candidate.is_file() else None
+        if self._index is None:
+            self._index = self._build_index()
+        return self._index.get(image_id)
+
+    def expected_location(self, image_id: str) -> str:
+        """Where ``image_id`` was looked for, for error messages.
+
+        Args:
+            image_id: the id as the annotations write it.
+
+        Returns:
+            A path or a description of the search.
+        """
+        if self.match == "path":
+            return str(self.root / image_id)
+        if self.match == "stem":
+            return f"{self.root / image_id}{{.jpg,.png,...}}"
+        return f"a file named {image_id!r} below {self.root}"
+
+    def __contains__(self, image_id: object) -> bool:
+        return isinstance(image_id, str) and self.path(image_id) is not None
+
+    def __call__(self, image_id: str) -> Tensor:
+        path = self.path(image_id)
+        if path is None:
+            raise DataError(
+                f"image {image_id!r} not found (looked for {self.expected_location(image_id)})"
+            )
+        return load_image(path, self.image_size, self.mean, self.std)
