@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from valfusion._version import __version__
 
@@ -51,9 +51,69 @@ _EXPORTS: dict[str, str] = {
     "VALConfig": "valfusion.models",
     # data
     "Triplet": "valfusion.data",
+    "DataError": "valfusion.data",
+    "DataSplit": "valfusion.data",
+    "RetrievalData": "valfusion.data",
+    "SyntheticBenchmark": "valfusion.data",
+    "load_source": "valfusion.data",
+    "load_folder": "valfusion.data",
+    "write_folder": "valfusion.data",
 }
 
 __all__ = ["__version__", *sorted(_EXPORTS)]
+
+if TYPE_CHECKING:  # static analysers and IDEs see the real names
+    from valfusion.data import (
+        DataError,
+        DataSplit,
+        RetrievalData,
+        SyntheticBenchmark,
+        Triplet,
+        load_folder,
+        load_source,
+        write_folder,
+    )
+    from valfusion.encoders import (
+        FeaturePyramid,
+        LSTMTextEncoder,
+        SmallConvPyramid,
+        TimmPyramid,
+        TorchvisionResNetPyramid,
+        Vocabulary,
+        load_word_vectors,
+        tokenize,
+    )
+    from valfusion.layers import (
+        COMPOSERS,
+        TIRG,
+        CompositeAttention,
+        CompositeTransformer,
+        ConcatFusion,
+        ImageOnly,
+        JointAttentionalPreservation,
+        MultiLevelComposer,
+        SelfAttentionalTransformation,
+        TextImageFusion,
+        TextOnly,
+        build_composer,
+    )
+    from valfusion.losses import (
+        BatchClassificationLoss,
+        BidirectionalTripletLoss,
+        HierarchicalMatchingLoss,
+        HierarchicalMatchingOutput,
+        batch_classification_loss,
+        bidirectional_triplet_loss,
+        gather_with_grad,
+    )
+    from valfusion.metrics import (
+        RecallAtK,
+        RecallResult,
+        RetrievalSetup,
+        build_retrieval_setup,
+        recall_at_k,
+    )
+    from valfusion.models import VAL, VALConfig
 
 
 def __getattr__(name: str) -> Any:
