@@ -1,0 +1,46 @@
+"""The command-line reference shows the command's real help texts.
+
+Every ```text block titled "valfusion ... --help" on docs/api/cli.md must be exactly what
+that command prints (at a terminal width of 88 columns, as the page was made).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+from valfusion.cli import main
+
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "api" / "cli.md"
+_BLOCK = re.compile(
+    r'^```text title="(?P<command>valfusion[^"]*) --help"\n(?P<text>.*?)^```$', re.M | re.S
+)
+BLOCKS = {m["command"]: m["text"] for m in _BLOCK.finditer(PAGE.read_text(encoding="utf-8"))}
+COMMANDS = (
+    "valfusion",
+    "valfusion demo",
+    "valfusion train",
+    "valfusion evaluate",
+    "valfusion search",
+    "valfusion bench",
+)
+
+
+def test_the_page_shows_the_help_of_every_command() -> None:
+    assert sorted(BLOCKS) == sorted(COMMANDS)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_text_on_the_page_is_what_the_command_prints(
+    command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "88")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit) as exit_info:
+        main([*command.split()[1:], "--help"])
+    assert exit_info.value.code == 0
+    assert printed.getvalue().rstrip("\n") == BLOCKS[command].rstrip("\n")
