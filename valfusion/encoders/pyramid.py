@@ -16,6 +16,13 @@ __all__ = ["FeaturePyramid", "check_images"]
 def check_images(images: object, name: str = "images") -> Tensor:
     """Require an RGB image batch ``(B, 3, H, W)`` of floating dtype.
 
+    Args:
+        images: The value to check.
+        name: The argument name used in the error message.
+
+    Returns:
+        ``images``, unchanged.
+
     Raises:
         ValueError: Naming ``name``, if the rank, channel count or dtype is wrong.
     """

@@ -19,7 +19,6 @@ from valfusion.encoders.pyramid import FeaturePyramid
 
 __all__ = ["RESNET_ARCHS", "TorchvisionResNetPyramid"]
 
-#: torchvision builders with the ResNet layout (stem, ``layer1`` ... ``layer4``).
 RESNET_ARCHS = (
     "resnet18",
     "resnet34",
@@ -32,6 +31,7 @@ RESNET_ARCHS = (
     "wide_resnet50_2",
     "wide_resnet101_2",
 )
+"""torchvision builders with the ResNet layout (stem, ``layer1`` ... ``layer4``)."""
 _STAGE_REDUCTIONS = {1: 4, 2: 8, 3: 16, 4: 32}
 
 
@@ -172,7 +172,14 @@ class TorchvisionResNetPyramid(FeaturePyramid):
         ]
 
     def train(self, mode: bool = True) -> TorchvisionResNetPyramid:
-        """Set training mode; frozen stages stay in eval mode (fixed batch-norm statistics)."""
+        """Set training mode; frozen stages stay in eval mode (fixed batch-norm statistics).
+
+        Args:
+            mode: ``True`` for training mode, ``False`` for evaluation mode.
+
+        Returns:
+            ``self``.
+        """
         super().train(mode)
         for module in self._frozen_modules():
             module.eval()

@@ -173,11 +173,18 @@ class Vocabulary:
         return f"{type(self).__name__}(size={len(self)})"
 
     def token_to_id(self, token: str) -> int:
-        """Id of ``token``, or ``unk_id`` if it is not in the vocabulary."""
+        """Id of ``token``, or ``unk_id`` if it is not in the vocabulary.
+
+        Args:
+            token: A token as produced by :func:`tokenize`.
+        """
         return self._stoi.get(token, self.unk_id)
 
     def id_to_token(self, index: int) -> str:
         """Token with id ``index``.
+
+        Args:
+            index: A token id in ``[0, len(self))``.
 
         Raises:
             ValueError: If ``index`` is not in ``[0, len(self))``.
@@ -285,6 +292,9 @@ class Vocabulary:
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Vocabulary:
         """Inverse of :meth:`to_dict`.
+
+        Args:
+            data: The dictionary written by :meth:`to_dict`.
 
         Raises:
             ValueError: If ``data`` is not a vocabulary description of a known version.

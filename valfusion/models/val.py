@@ -47,12 +47,12 @@ from valfusion.losses import HierarchicalMatchingLoss, HierarchicalMatchingOutpu
 
 __all__ = ["BACKBONES", "VAL", "CompositionOutput", "SearchResult", "VALConfig"]
 
-#: Backbones :class:`VAL` can build from its configuration alone. ``"small"`` is
-#: :class:`~valfusion.encoders.SmallConvPyramid`; the ResNets are torchvision's stages
-#: 2-4 (``vision`` extra), built without weights: pass trained weights through the
-#: ``backbone=`` argument or :meth:`VAL.from_pretrained`. ``"custom"`` is any other
-#: :class:`~valfusion.encoders.FeaturePyramid`, passed as ``backbone=``.
 BACKBONES: tuple[str, ...] = ("small", "resnet18", "resnet34", "resnet50", "resnet101", "custom")
+"""Backbones :class:`VAL` can build from its configuration alone. ``"small"`` is
+:class:`~valfusion.encoders.SmallConvPyramid`; the ResNets are torchvision's stages
+2-4 (``vision`` extra), built without weights: pass trained weights through the
+``backbone=`` argument or :meth:`VAL.from_pretrained`. ``"custom"`` is any other
+:class:`~valfusion.encoders.FeaturePyramid`, passed as ``backbone=``."""
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
