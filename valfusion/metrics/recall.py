@@ -1,0 +1,385 @@
+"""Recall@K for composed retrieval: exact, chunked over queries, one GEMM per chunk and no sort.
+
+Recall@K is the fraction of queries whose best-ranked correct target is among the first
+``K`` items of the query's ranking of the gallery:
+
+    R@K = (1 / Q) * #{i : rank_i < K},   rank_i = min over correct targets j of rank_i(j)
+
+with the ranking rule of :mod:`valfusion.metrics.ranking`: higher score first, equal
+scores by lower gallery index first, the query's excluded item (its reference image)
+removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from valfusion._validation import (
+    check_floating,
+    check_ndim,
+    check_positive_int,
+    check_size,
+    fmt_shape,
+)
+from valfusion.metrics.protocols import RetrievalSetup
+from valfusion.metrics.ranking import (
+    SIMILARITIES,
+    PreparedGallery,
+    best_target,
+    chunk_scores,
+    mask_excluded,
+    prepare_gallery,
+    rank_of,
+    topk_by_rule,
+)
+from valfusion.metrics.targets import LabelTargets, as_exclude, as_padded_targets
+
+__all__ = ["RecallResult", "recall_at_k"]
+
+Similarity = Literal["cosine", "dot", "euclidean"]
+Missing = Literal["error", "miss"]
+MISSING_POLICIES = ("error", "miss")
+
+# Rows of the gallery checked for non-finite values at a time (bounds the bool temporary).
+_FINITE_CHECK_ROWS = 1 << 16
+
+
+@dataclass(frozen=True, eq=False)
+class RecallResult:
+    """What :func:`recall_at_k` measured.
+
+    Attributes:
+        recall: ``{K: R@K}`` for each requested ``K`` (ascending), fractions in ``[0, 1]``.
+        ranks: 0-based rank of each query's best-ranked correct target, ``(Q,)`` long;
+            ``-1`` for a query without any correct target (only with ``missing="miss"``).
+        topk_indices: the first ``min(max(ks), G)`` gallery indices of each query's
+            ranking, ``(Q, min(max(ks), G))`` long, or None when not requested. A slot
+            past the end of a query's ranking (the gallery minus its excluded item) is ``-1``.
+        similarity: the similarity that produced the scores.
+        gallery_size: number of gallery items ``G``.
+        protocol: the gallery protocol (``"val"``, ``"original"``) when evaluated through a
+            :class:`~valfusion.metrics.RetrievalSetup`, else None.
+        gallery_hash: the setup's short hash of the sorted gallery ids, else None.
+    """
+
+    recall: dict[int, float]
+    ranks: Tensor
+    topk_indices: Tensor | None
+    similarity: str
+    gallery_size: int
+    protocol: str | None = None
+    gallery_hash: str | None = None
+
+    @property
+    def num_queries(self) -> int:
+        """Number of evaluated queries ``Q``."""
+        return self.ranks.shape[0]
+
+    def as_dict(self, prefix: str = "recall@") -> dict[str, float]:
+        """The recalls keyed ``"recall@K"`` (for loggers).
+
+        Args:
+            prefix: text before ``K`` in each key.
+
+        Returns:
+            ``{f"{prefix}{K}": R@K}`` for each ``K`` (ascending).
+        """
+        return {f"{prefix}{k}": value for k, value in self.recall.items()}
+
+
+def recall_at_k(
+    queries: Tensor,
+    gallery: Tensor,
+    *,
+    targets: Tensor | Sequence[int] | Sequence[Sequence[int]] | None = None,
+    query_labels: Tensor | Sequence[Hashable] | None = None,
+    gallery_labels: Tensor | Sequence[Hashable] | None = None,
+    exclude: Tensor | Sequence[int] | None = None,
+    setup: RetrievalSetup | None = None,
+    ks: Sequence[int] = (1, 10, 50),
+    similarity: Similarity = "cosine",
+    chunk_size: int = 1024,
+    missing: Missing | None = None,
+    return_topk: bool = True,
+) -> RecallResult:
+    """Recall@K of ``queries`` against ``gallery``, exact under the documented tie rule.
+
+    ``R@K = #{i : rank_i < K} / Q``, ``rank_i`` the 0-based rank of query ``i``'s best-ranked
+    correct target in its ranking of the gallery (its excluded item removed).
+
+    Correct targets come from exactly one of ``targets``, the label pair
+    (``query_labels``, ``gallery_labels``), or ``setup`` (which also supplies ``exclude``
+    and the protocol name, gallery size and hash copied into the result).
+
+    Scores (ranking-equivalent forms): dot ``q . g``; cosine ``q . g / ||g||``;
+    euclidean ``q . g - ||g||^2 / 2`` (i.e. ranking by ``-||q - g||^2``). Ties are broken by
+    gallery index, lower first; ranks are computed on the scores as computed in floating
+    point. The queries are processed ``chunk_size`` at a time: per chunk one GEMM, a
+    top-K and two counting passes, so the working memory is one ``chunk_size x G`` float32
+    score block plus about 12 MiB, never ``Q x G``; no ``(G, D)`` copy of the gallery is
+    made.
+
+    Args:
+        queries: query embeddings, ``(Q, D)``, floating point, finite.
+        gallery: gallery embeddings, ``(G, D)``, same dtype and device as ``queries``, finite,
+            ``G >= 1``.
+        targets: correct gallery indices per query: ``(Q,)`` or ``(Q, P)`` integer tensor
+            with ``-1`` padding, a sequence of ``Q`` ints, or a sequence of ``Q`` index
+            lists.
+        query_labels: ``(Q,)`` labels; gallery item ``j`` is correct for query ``i`` iff
+            ``gallery_labels[j] == query_labels[i]`` (integer tensors or sequences of
+            hashable values).
+        gallery_labels: ``(G,)`` labels, given together with ``query_labels``.
+        exclude: gallery index removed from each query's ranking, ``(Q,)`` (``-1``: none),
+            typically the query's reference image. An excluded target is not correct.
+        setup: a :class:`~valfusion.metrics.RetrievalSetup` giving targets and exclusions.
+        ks: cut-offs ``K >= 1``; ``K > G`` is allowed (every query with a correct target
+            then counts as a hit).
+        similarity: ``"cosine"``, ``"dot"`` or ``"euclidean"``.
+        chunk_size: queries scored per GEMM (memory/speed trade-off; never changes the result).
+        missing: what to do with a query that has no correct target left: ``"error"``
+            (raise; the default, because skipping such queries inflates recall) or
+            ``"miss"`` (rank ``-1``, counted as a miss at every K). None means ``"error"``,
+            or the setup's policy when ``setup`` is given.
+        return_topk: also return the top ``max(ks)`` gallery indices per query.
+
+    Returns:
+        A :class:`RecallResult`; ``ranks`` ``(Q,)``, ``topk_indices``
+        ``(Q, min(max(ks), G))``.
+
+    Raises:
+        ValueError: bad shapes or dtypes, non-finite embeddings, indices out of range,
+            ``K < 1``, an empty gallery, an unknown similarity or policy, ambiguous target
+            sources, or (by default) a query without a correct target.
+    """
+    check_ndim(queries, "queries", 2, "(Q, D)")
+    check_ndim(gallery, "gallery", 2, "(G, D)")
+    check_floating(queries, "queries")
+    check_floating(gallery, "gallery")
+    if queries.shape[0] == 0:
+        raise ValueError(f"queries: expected at least one query, got shape {fmt_shape(queries)}")
+    if gallery.shape[0] == 0:
+        raise ValueError(f"gallery: expected at least one item (G >= 1), got shape {fmt_shape(gallery)}")
+    check_size(gallery, "gallery", 1, queries.shape[1], "embedding dim D (as in queries)")
+    check_same_kind(queries, "queries", gallery, "gallery")
+    ks = check_ks(ks)
+    check_positive_int(chunk_size, "chunk_size")
+    check_choice(similarity, "similarity", SIMILARITIES)
+    num_queries, gallery_size = queries.shape[0], gallery.shape[0]
+
+    protocol = gallery_hash = None
+    if setup is not None:
+        if not isinstance(setup, RetrievalSetup):
+            raise ValueError(f"setup: expected a RetrievalSetup, got {type(setup).__name__}")
+        given = [n for n, v in (("targets", targets), ("query_labels", query_labels),
+                                ("gallery_labels", gallery_labels), ("exclude", exclude)) if v is not None]
+        if given:
+            raise ValueError(f"setup: already defines targets and exclusions; do not also pass {given}")
+        if gallery_size != setup.gallery_size:
+            raise ValueError(
+                f"gallery: the setup's gallery has G = {setup.gallery_size} items "
+                f"(protocol {setup.protocol!r}), got shape {fmt_shape(gallery)}"
+            )
+        if num_queries != setup.num_queries:
+            raise ValueError(
+                f"queries: the setup has Q = {setup.num_queries} queries, got shape {fmt_shape(queries)}"
+            )
+        targets, exclude = setup.targets, setup.exclude
+        protocol, gallery_hash = setup.protocol, setup.gallery_hash
+        missing = setup.missing if missing is None else missing
+    missing = "error" if missing is None else missing
+    check_choice(missing, "missing", MISSING_POLICIES)
+
+    check_finite(queries, "queries")
+    check_finite(gallery, "gallery")
+    target_source = resolve_targets(
+        targets, query_labels, gallery_labels, num_queries, gallery_size, queries.device
+    )
+    if exclude is not None:
+        exclude = as_exclude(exclude, num_queries, gallery_size, queries.device)
+    if missing == "error":
+        check_all_found(target_source, exclude, num_queries, chunk_size)
+
+    prepared = prepare_gallery(gallery, similarity)
+    ranks, topk = rank_queries(
+        queries, prepared, target_source, exclude,
+        topk=max(ks) if return_topk else None, chunk_size=chunk_size,
+    )
+    return RecallResult(
+        recall=recall_from_ranks(ranks, ks),
+        ranks=ranks,
+        topk_indices=topk,
+        similarity=similarity,
+        gallery_size=gallery_size,
+        protocol=protocol,
+        gallery_hash=gallery_hash,
+    )
+
+
+def rank_queries(
+    queries: Tensor,
+    gallery: PreparedGallery,
+    targets: Tensor | LabelTargets,
+    exclude: Tensor | None,
+    *,
+    topk: int | None,
+    chunk_size: int,
+) -> tuple[Tensor, Tensor | None]:
+    """The chunked core shared by :func:`recall_at_k` and :class:`RecallAtK` (inputs trusted).
+
+    Args:
+        queries: ``(Q, D)``.
+        gallery: prepared gallery of ``G`` items.
+        targets: padded correct indices ``(Q, P)`` or a :class:`LabelTargets`.
+        exclude: ``(Q,)`` long (``-1``: none) or None.
+        topk: list length to return (clipped to ``G``), or None for no list.
+        chunk_size: queries per GEMM.
+
+    Returns:
+        ``(ranks, topk_indices)``: ``(Q,)`` long with ``-1`` where no correct target is
+        left; ``(Q, min(topk, G))`` long with ``-1`` for excluded slots, or None.
+    """
+    num_queries, gallery_size = queries.shape[0], gallery.size
+    ranks = torch.empty(num_queries, dtype=torch.long, device=queries.device)
+    width = None if topk is None else min(topk, gallery_size)
+    lists = None if width is None else torch.empty(
+        num_queries, width, dtype=torch.long, device=queries.device
+    )
+    for start in range(0, num_queries, chunk_size):
+        stop = min(start + chunk_size, num_queries)
+        scores = chunk_scores(queries[start:stop], gallery)
+        chunk_exclude = None if exclude is None else exclude[start:stop]
+        if chunk_exclude is not None:
+            mask_excluded(scores, chunk_exclude)
+        score, index, found = best_target(scores, _chunk_targets(targets, start, stop), chunk_exclude)
+        chunk_ranks = torch.full_like(index, -1)
+        to_count = found
+        if lists is not None:
+            chunk_lists = topk_by_rule(scores, width)
+            if chunk_exclude is not None and width == gallery_size:
+                # The excluded item (score -inf) can only be listed, last, when the list
+                # spans the whole gallery: that slot is past the end of the ranking.
+                chunk_lists.masked_fill_(chunk_lists == chunk_exclude[:, None], -1)
+            lists[start:stop] = chunk_lists
+            # A best target inside the exactly ordered list has its position as rank
+            # (gallery indices are unique in a list); only the others need counting.
+            listed, position = (chunk_lists == index[:, None]).max(dim=1)
+            chunk_ranks = torch.where(listed, position, chunk_ranks)
+            to_count = found & ~listed
+        rows = to_count.nonzero().squeeze(1)
+        if 2 * rows.numel() > len(to_count):
+            # Counting every row is cheaper than gathering most of them.
+            chunk_ranks = torch.where(to_count, rank_of(scores, score, index), chunk_ranks)
+        elif rows.numel():
+            chunk_ranks[rows] = rank_of(scores, score[rows], index[rows], rows=rows)
+        ranks[start:stop] = chunk_ranks
+        del scores  # free this block before the next chunk's GEMM allocates its own
+    return ranks, lists
+
+
+def recall_from_ranks(ranks: Tensor, ks: Sequence[int]) -> dict[int, float]:
+    """``{K: mean(0 <= rank < K)}`` from best-target ranks ``(Q,)`` (``-1`` = miss)."""
+    hit_rank = torch.where(ranks >= 0, ranks, torch.iinfo(torch.long).max)
+    return {k: (hit_rank < k).double().mean().item() for k in ks}
+
+
+def resolve_targets(
+    targets: Tensor | Sequence[int] | Sequence[Sequence[int]] | None,
+    query_labels: Tensor | Sequence[Hashable] | None,
+    gallery_labels: Tensor | Sequence[Hashable] | None,
+    num_queries: int,
+    gallery_size: int,
+    device: torch.device,
+) -> Tensor | LabelTargets:
+    """Validate the target source and return padded indices ``(Q, P)`` or a :class:`LabelTargets`."""
+    has_labels = query_labels is not None or gallery_labels is not None
+    if targets is not None and has_labels:
+        raise ValueError("targets: give either targets or query_labels/gallery_labels, not both")
+    if targets is not None:
+        return as_padded_targets(targets, num_queries, gallery_size, device)
+    if not has_labels:
+        raise ValueError(
+            "targets: no correct targets given; pass targets=, query_labels= and gallery_labels=, "
+            "or setup="
+        )
+    if query_labels is None or gallery_labels is None:
+        missing_name = "query_labels" if query_labels is None else "gallery_labels"
+        raise ValueError(f"{missing_name}: labels must be given for both queries and gallery")
+    return LabelTargets(query_labels, gallery_labels, num_queries, gallery_size, device)
+
+
+def check_all_found(
+    targets: Tensor | LabelTargets, exclude: Tensor | None, num_queries: int, chunk_size: int
+) -> None:
+    """Raise if some query has no correct target once its excluded item is removed."""
+    missing: list[Tensor] = []
+    for start in range(0, num_queries, chunk_size):
+        stop = min(start + chunk_size, num_queries)
+        rows = _chunk_targets(targets, start, stop)
+        valid = rows >= 0
+        if exclude is not None:
+            valid &= rows != exclude[start:stop, None]
+        missing.append((~valid.any(dim=1)).nonzero().squeeze(1) + start)
+    missing_rows = torch.cat(missing)
+    if missing_rows.numel():
+        name = "targets" if isinstance(targets, Tensor) else "query_labels"
+        shown = missing_rows[:5].tolist()
+        raise ValueError(
+            f"{name}: {missing_rows.numel()} of {num_queries} queries have no correct target in the "
+            f"gallery (after removing excluded items), e.g. queries {shown}; pass missing='miss' "
+            "to count them as misses (skipping them would inflate recall)"
+        )
+
+
+def check_same_kind(reference: Tensor, reference_name: str, x: Tensor, name: str) -> None:
+    """Require ``x`` to have the dtype and device of ``reference`` (one GEMM multiplies them)."""
+    if x.dtype != reference.dtype or x.device != reference.device:
+        raise ValueError(
+            f"{name}: expected dtype {reference.dtype} on {reference.device} (as {reference_name}), "
+            f"got dtype {x.dtype} on {x.device} with shape {fmt_shape(x)}"
+        )
+
+
+def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
+    """Validate cut-offs: a non-empty sequence of ints ``>= 1``; returns them sorted, unique."""
+    if isinstance(ks, int) and not isinstance(ks, bool):
+        ks = (ks,)
+    if not isinstance(ks, Sequence) or len(ks) == 0:
+        raise ValueError(f"ks: expected a non-empty sequence of integers >= 1, got {ks!r}")
+    for k in ks:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"ks: expected integers K >= 1, got {k!r} in {tuple(ks)!r}")
+    return tuple(sorted(set(ks)))
+
+
+def check_choice(value: object, name: str, choices: Sequence[str]) -> None:
+    """Require ``value`` to be one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+
+
+def check_finite(x: Tensor, name: str) -> None:
+    """Require finite values (a NaN score would silently rank its target first).
+
+    One sum over ``x`` (non-finite iff some entry is NaN or inf, or the entries are so large
+    that they overflow); the offending row is searched only when the check fails.
+    """
+    if bool(torch.isfinite(x.sum())):
+        return
+    for start in range(0, x.shape[0], _FINITE_CHECK_ROWS):
+        bad = (~torch.isfinite(x[start : start + _FINITE_CHECK_ROWS])).any(dim=1).nonzero()
+        if bad.numel():
+            raise ValueError(
+                f"{name}: expected finite values, got NaN or inf in row {start + int(bad[0])} "
+                f"of shape {fmt_shape(x)}"
+            )
+    raise ValueError(f"{name}: expected finite values, got entries whose sum overflows (shape {fmt_shape(x)})")
+
+
+def _chunk_targets(targets: Tensor | LabelTargets, start: int, stop: int) -> Tensor:
+    return targets[start:stop] if isinstance(targets, Tensor) else targets.chunk(start, stop)
