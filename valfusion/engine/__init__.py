@@ -1,1 +1,64 @@
-"""valfusion.engine"""
+"""valfusion.engine: training, evaluation, checkpoints and the run directory.
+
+- :class:`TrainConfig`: optimisation, schedule, precision, evaluation and checkpoint settings.
+- :class:`Trainer` / :func:`train`: AdamW + warm-up/cosine, gradient clipping, mixed
+  precision, DistributedDataParallel under ``torchrun``, exact resume from checkpoints.
+- :func:`evaluate`: Recall@K on evaluation splits under their gallery protocol.
+- :mod:`valfusion.engine.io`: atomic writes for results and checkpoints.
+- :mod:`valfusion.engine.demo`: the main job (``valfusion demo``); :mod:`valfusion.engine.plots`:
+  learning curves, attention maps and top results (matplotlib, the ``demo`` extra).
+"""
+
+from valfusion.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from valfusion.engine.config import AMP_MODES, TrainConfig
+from valfusion.engine.distributed import DistributedContext, init_distributed, resolve_device
+from valfusion.engine.evaluation import embed_images, embed_split, evaluate
+from valfusion.engine.io import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    atomic_write_torch,
+)
+from valfusion.engine.sampler import ResumableSampler
+from valfusion.engine.schedule import WarmupCosine, warmup_cosine_scheduler
+from valfusion.engine.trainer import (
+    CHECKPOINT_DIR,
+    HISTORY_FILE,
+    METRICS_FILE,
+    TRAIN_CONFIG_FILE,
+    Trainer,
+    TrainResult,
+    build_model,
+    build_vocabulary,
+    train,
+)
+
+__all__ = [
+    "AMP_MODES",
+    "CHECKPOINT_DIR",
+    "HISTORY_FILE",
+    "METRICS_FILE",
+    "TRAIN_CONFIG_FILE",
+    "DistributedContext",
+    "ResumableSampler",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "WarmupCosine",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_write_torch",
+    "build_model",
+    "build_vocabulary",
+    "embed_images",
+    "embed_split",
+    "evaluate",
+    "init_distributed",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "resolve_device",
+    "save_checkpoint",
+    "train",
+    "warmup_cosine_scheduler",
+]

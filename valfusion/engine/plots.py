@@ -1,0 +1,261 @@
+"""Pictures of a run: learning curves, joint-attention maps, top results of queries.
+
+matplotlib (the ``demo`` extra) is imported inside each function and only its
+object-oriented API is used (``Figure`` + the Agg canvas), so drawing never changes the
+caller's pyplot backend or global state. Every picture is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch.nn.functional as F
+from einops import rearrange, reduce
+from torch import Tensor
+
+from valfusion.engine.io import atomic_write_bytes
+
+__all__ = [
+    "QueryPicture",
+    "plot_attention_maps",
+    "plot_learning_curves",
+    "plot_top_results",
+    "require_matplotlib",
+    "spatial_attention",
+]
+
+
+def require_matplotlib() -> Any:
+    """Import matplotlib's ``Figure`` class, or explain which extra provides it.
+
+    Returns:
+        ``matplotlib.figure.Figure``.
+
+    Raises:
+        ImportError: matplotlib is not installed.
+    """
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:
+        raise ImportError('pictures need matplotlib: pip install "valfusion[demo]"') from err
+    return Figure
+
+
+def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(figure)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def _as_pixels(image: Tensor) -> Any:
+    """``(3, H, W)`` in ``[0, 1]`` -> ``(H, W, 3)`` numpy array for ``imshow``."""
+    return rearrange(image.detach().float().cpu().clamp(0, 1), "c h w -> h w c").numpy()
+
+
+def spatial_attention(joint_attention: Tensor, size: tuple[int, int]) -> Tensor:
+    """Where a composite transformer keeps the reference: the joint attention, averaged over channels.
+
+    ``A(h, w) = mean_c joint_attention[c, h, w]``, upsampled (bilinear) to the image size.
+
+    Args:
+        joint_attention: ``(C, h, w)`` joint attention of one query at one level.
+        size: ``(H, W)`` of the image it is drawn over.
+
+    Returns:
+        ``(H, W)`` map.
+    """
+    mean = reduce(joint_attention.detach().float(), "c h w -> 1 1 h w", "mean")
+    return F.interpolate(mean, size=size, mode="bilinear", align_corners=False)[0, 0].cpu()
+
+
+def plot_learning_curves(
+    histories: Mapping[str, Mapping[str, Sequence[Mapping[str, Any]]]],
+    path: str | os.PathLike[str],
+    *,
+    recall_key: str = "recall@10",
+    protocol: str = "",
+) -> Path:
+    """Training loss and evaluation recall against steps, one line per run.
+
+    Args:
+        histories: ``{run name: {"train": [{"step", "loss"}, ...], "eval": [{"step",
+            recall_key}, ...]}}`` (:attr:`~valfusion.engine.TrainResult.history`).
+        path: The picture file (``.png``, ``.pdf``, ``.svg``).
+        recall_key: Which recall to plot.
+        protocol: Protocol name for the axis label.
+
+    Returns:
+        The path written.
+    """
+    figure = require_matplotlib()(figsize=(11, 4), layout="constrained")
+    loss_axis, recall_axis = figure.subplots(1, 2)
+    for name, history in histories.items():
+        train = history.get("train", [])
+        evals = history.get("eval", [])
+        loss_axis.plot([e["step"] for e in train], [e["loss"] for e in train], label=name)
+        recall_axis.plot(
+            [e["step"] for e in evals], [100 * e[recall_key] for e in evals], marker="o", label=name
+        )
+    loss_axis.set(xlabel="step", ylabel="training loss", title="Training loss")
+    recall_axis.set(
+        xlabel="step",
+        ylabel=f"{recall_key.replace('recall@', 'Recall@')} (%)",
+        title=f"Test recall ({protocol} protocol)" if protocol else "Test recall",
+    )
+    for axis in (loss_axis, recall_axis):
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+@dataclass
+class QueryPicture:
+    """One query to draw.
+
+    Attributes:
+        reference: ``(3, H, W)`` reference image in ``[0, 1]``.
+        text: The modification text.
+        target: ``(3, H, W)`` a correct target in ``[0, 1]``, or ``None``.
+        attention: One ``(C_l, h_l, w_l)`` joint-attention map per level (``None`` for a
+            composer without attention).
+        results: ``(3, H, W)`` images of the top results in ``[0, 1]``, best first.
+        correct: Whether each result is a correct target.
+        scores: Cosine score of each result.
+        label: A caption for the row (e.g. the composer).
+    """
+
+    reference: Tensor
+    text: str
+    target: Tensor | None = None
+    attention: Sequence[Tensor] | None = None
+    results: Sequence[Tensor] = ()
+    correct: Sequence[bool] = ()
+    scores: Sequence[float] = ()
+    label: str = ""
+
+
+def _blank(axis: Any) -> None:
+    axis.set_xticks([])
+    axis.set_yticks([])
+
+
+def _wrap(text: str, width: int = 28) -> str:
+    words, lines, line = text.split(), [], ""
+    for word in words:
+        if line and len(line) + 1 + len(word) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = f"{line} {word}".strip()
+    return "\n".join([*lines, line])
+
+
+def plot_attention_maps(queries: Sequence[QueryPicture], path: str | os.PathLike[str]) -> Path:
+    """Reference image, target and the joint attention of every level over the reference.
+
+    One row per query; the attention panels show :func:`spatial_attention` of each level
+    (bright: the reference features the composer preserves; dark: what the text asks to
+    change).
+
+    Args:
+        queries: The queries, each with ``attention`` set.
+        path: The picture file.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: If a query has no attention maps.
+    """
+    if not queries:
+        raise ValueError("queries: expected at least one query to draw")
+    if any(q.attention is None for q in queries):
+        raise ValueError("queries: every query needs attention maps (a composer with attention)")
+    levels = len(queries[0].attention or ())
+    columns = 2 + levels
+    figure = require_matplotlib()(figsize=(2.2 * columns, 2.5 * len(queries)), layout="constrained")
+    axes = figure.subplots(len(queries), columns, squeeze=False)
+    for row, query in enumerate(queries):
+        size = tuple(query.reference.shape[1:])
+        axes[row][0].imshow(_as_pixels(query.reference))
+        axes[row][0].set_title(_wrap(query.text), fontsize=7)
+        if query.target is not None:
+            axes[row][1].imshow(_as_pixels(query.target))
+        axes[row][1].set_title("a correct target", fontsize=7)
+        for level, attention in enumerate(query.attention or ()):
+            axis = axes[row][2 + level]
+            axis.imshow(_as_pixels(query.reference))
+            heat = spatial_attention(attention, size)  # type: ignore[arg-type]
+            axis.imshow(heat.numpy(), cmap="magma", alpha=0.6)
+            axis.set_title(f"joint attention, level {level + 1}\n({attention.shape[-2]}x{attention.shape[-1]})", fontsize=7)
+        for axis in axes[row]:
+            _blank(axis)
+    return _save(figure, path)
+
+
+def plot_top_results(
+    queries: Sequence[QueryPicture], path: str | os.PathLike[str], *, title: str = ""
+) -> Path:
+    """Each query (reference + text, its attention when given) next to its top results.
+
+    Correct results get a green frame, others a red one; the cosine score is under each.
+
+    Args:
+        queries: The queries, each with ``results`` (and ``correct``, ``scores``).
+        path: The picture file.
+        title: A title over the figure.
+
+    Returns:
+        The path written.
+    """
+    if not queries:
+        raise ValueError("queries: expected at least one query to draw")
+    with_attention = any(q.attention is not None for q in queries)
+    width = max(len(q.results) for q in queries)
+    columns = 1 + int(with_attention) + width
+    figure = require_matplotlib()(figsize=(1.9 * columns, 2.3 * len(queries)), layout="constrained")
+    axes = figure.subplots(len(queries), columns, squeeze=False)
+    for row, query in enumerate(queries):
+        axes[row][0].imshow(_as_pixels(query.reference))
+        label = f"{query.label}: " if query.label else ""
+        axes[row][0].set_title(_wrap(label + query.text), fontsize=7)
+        first = 1
+        if with_attention:
+            first = 2
+            axis = axes[row][1]
+            if query.attention:
+                axis.imshow(_as_pixels(query.reference))
+                heat = spatial_attention(query.attention[0], tuple(query.reference.shape[1:]))
+                axis.imshow(heat.numpy(), cmap="magma", alpha=0.6)
+                axis.set_title("joint attention\n(finest level)", fontsize=7)
+            else:
+                axis.set_title("no attention\nmaps", fontsize=7)
+                axis.axis("off")
+        for i in range(width):
+            axis = axes[row][first + i]
+            if i >= len(query.results):
+                axis.axis("off")
+                continue
+            axis.imshow(_as_pixels(query.results[i]))
+            good = bool(query.correct[i]) if i < len(query.correct) else None
+            if good is not None:
+                colour = "tab:green" if good else "tab:red"
+                for spine in axis.spines.values():
+                    spine.set_edgecolor(colour)
+                    spine.set_linewidth(3)
+            score = f" {query.scores[i]:.2f}" if i < len(query.scores) else ""
+            axis.set_xlabel(f"#{i + 1}{score}", fontsize=7)
+        for axis in axes[row]:
+            _blank(axis)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    return _save(figure, path)
+

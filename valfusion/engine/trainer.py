@@ -1,0 +1,564 @@
+"""The training loop: AdamW, warm-up + cosine, clipping, mixed precision, DDP, checkpoints, resume.
+
+A run directory (``RUN_DIR``) holds, once training ends, everything needed to use and
+reproduce the run::
+
+    RUN_DIR/config.json, model.pt, vocabulary.json   the model (VAL.save_pretrained)
+    RUN_DIR/train_config.json                        the TrainConfig
+    RUN_DIR/metrics.json                             final Recall@K (and the data it used)
+    RUN_DIR/history.json                             training losses and periodic evaluations
+    RUN_DIR/checkpoints/step_NNNNNNN.pt              resumable checkpoints
+
+Only rank 0 writes; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from valfusion.data.datasets import TripletBatch, TripletDataset, collate_triplets
+from valfusion.data.split import RetrievalData
+from valfusion.encoders import Vocabulary
+from valfusion.engine.checkpoint import (
+    checkpoint_path,
+    gather_rng_states,
+    latest_checkpoint,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from valfusion.engine.config import TrainConfig
+from valfusion.engine.distributed import init_distributed
+from valfusion.engine.evaluation import evaluate
+from valfusion.engine.io import atomic_write_json
+from valfusion.engine.progress import Progress
+from valfusion.engine.sampler import ResumableSampler
+from valfusion.engine.schedule import warmup_cosine_scheduler
+from valfusion.models import VAL
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "HISTORY_FILE",
+    "METRICS_FILE",
+    "TRAIN_CONFIG_FILE",
+    "TrainResult",
+    "Trainer",
+    "build_model",
+    "build_vocabulary",
+    "train",
+]
+
+TRAIN_CONFIG_FILE = "train_config.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def build_vocabulary(data: RetrievalData, config: TrainConfig) -> Vocabulary:
+    """The vocabulary of the training texts (and of the side information when it is used).
+
+    Args:
+        data: Data with a training split.
+        config: The run's configuration (``model["semantic_dim"]`` decides whether side
+            information is encoded too).
+
+    Returns:
+        A :class:`~valfusion.encoders.Vocabulary` (deterministic for given data).
+
+    Raises:
+        ValueError: If ``data`` has no training split.
+    """
+    if data.train is None:
+        raise ValueError(f"data: {data.name} has no training split (load it with 'train')")
+    texts = [t.text for t in data.train.triplets]
+    if config.model_config(1).semantic_dim is not None:
+        texts += list(data.train.side_info.values())
+    return Vocabulary.from_texts(texts)
+
+
+def build_model(data: RetrievalData, config: TrainConfig, vocabulary: Vocabulary | None = None) -> VAL:
+    """A freshly initialised :class:`~valfusion.models.VAL` for ``data`` (seeded by ``config.seed``).
+
+    Args:
+        data: Data with a training split (its texts make the vocabulary).
+        config: The run's configuration (``config.model`` holds the VALConfig options).
+        vocabulary: Use this vocabulary instead of building one.
+
+    Returns:
+        The model, on the CPU.
+    """
+    vocabulary = vocabulary if vocabulary is not None else build_vocabulary(data, config)
+    torch.manual_seed(config.seed)
+    return VAL(config.model_config(len(vocabulary)), vocabulary=vocabulary)
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`Trainer.fit` and :func:`train` return.
+
+    Attributes:
+        model: The trained model (unwrapped, on the training device).
+        step: Steps done.
+        finished: Whether the run reached ``config.steps``.
+        metrics: The final evaluation (see :func:`~valfusion.engine.evaluate`), or
+            ``None`` when the run stopped early.
+        history: ``{"train": [{"step", "loss", "lr", "samples_per_second"}, ...],
+            "eval": [{"step", "recall@K", ...}, ...]}``.
+        run_dir: Where the run was written, or ``None``.
+        seconds: Wall-clock seconds spent in :meth:`Trainer.fit`.
+    """
+
+    model: VAL
+    step: int
+    finished: bool
+    metrics: dict[str, Any] | None
+    history: dict[str, list[dict[str, Any]]]
+    run_dir: Path | None
+    seconds: float
+
+
+class _LossForward(nn.Module):
+    """``forward`` = ``VAL.compute_loss``, so that DistributedDataParallel sees the loss call."""
+
+    def __init__(self, model: VAL) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self,
+        reference: Tensor,
+        tokens: Tensor,
+        lengths: Tensor,
+        target: Tensor,
+        side_tokens: Tensor | None = None,
+        side_lengths: Tensor | None = None,
+    ) -> Tensor:
+        return self.model.compute_loss(reference, tokens, lengths, target, side_tokens, side_lengths).total
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    # Decay matrices and kernels only: decaying biases, norm scales and gains only shrinks
+    # what normalisation already controls.
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim >= 2 else no_decay).append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+@contextlib.contextmanager
+def _deterministic(enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.deterministic,
+        torch.backends.cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = previous[2:]
+
+
+class Trainer:
+    """Train a :class:`~valfusion.models.VAL` on the training split of a :class:`RetrievalData`.
+
+    Each step encodes a batch of ``(reference, text, target)`` triplets, computes the
+    hierarchical matching loss (the visual-semantic term too when the model has a
+    ``semantic_dim`` and the batch's targets have side information), and takes an AdamW
+    step under the warm-up + cosine schedule, after clipping the global gradient norm.
+    Under ``torchrun`` the model is wrapped in ``DistributedDataParallel``, each process
+    reads its shard of every epoch, and the loss scores each process's queries against
+    the whole global batch.
+
+    The data order depends only on ``(seed, epoch)`` and the step, and checkpoints hold
+    every RNG state, so a run resumed from a checkpoint ends with the same weights as an
+    uninterrupted one (on the same hardware, software and number of processes).
+
+    Args:
+        model: The model to train (moved to the training device).
+        data: Training split (and evaluation splits for periodic / final evaluation).
+        config: The run's configuration.
+        run_dir: Where to write checkpoints, history, metrics and the model (rank 0
+            only); ``None`` writes nothing.
+        progress: Progress on rank 0: ``True`` forces a tqdm bar, ``False`` shows nothing,
+            ``None`` draws a bar on a terminal and otherwise prints a line about every
+            tenth of the run.
+
+    Raises:
+        ValueError: If the training split is smaller than one global batch, the model
+            has no vocabulary, or fp16 is asked for without CUDA.
+    """
+
+    def __init__(
+        self,
+        model: VAL,
+        data: RetrievalData,
+        config: TrainConfig,
+        run_dir: str | os.PathLike[str] | None = None,
+        *,
+        progress: bool | None = None,
+    ) -> None:
+        if data.train is None:
+            raise ValueError(f"data: {data.name} has no training split")
+        if model.vocabulary is None:
+            raise ValueError("model: needs a vocabulary to encode the texts")
+        self.data = data
+        self.config = config
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.context, self.device = init_distributed(config.device)
+        if config.amp == "fp16" and self.device.type != "cuda":
+            raise ValueError("amp: 'fp16' needs a CUDA device; use 'bf16' on the CPU")
+        self.model = model.to(self.device)
+        self.vocabulary = model.vocabulary
+        self._loss_forward: nn.Module = _LossForward(model)
+        if self.context.enabled:
+            # Parameters a step may leave without gradient: the text encoder of the
+            # image-only baseline, the side-information heads on a batch without it.
+            unused = model.config.composer == "image_only" or model.config.semantic_dim is not None
+            self._loss_forward = DistributedDataParallel(
+                self._loss_forward,
+                device_ids=[self.device] if self.device.type == "cuda" else None,
+                find_unused_parameters=unused,
+            )
+        self.optimizer = torch.optim.AdamW(_parameter_groups(model, config.weight_decay), lr=config.lr)
+        self.scheduler = warmup_cosine_scheduler(
+            self.optimizer, config.steps, config.warmup_steps, config.min_lr_ratio
+        )
+        self.scaler = torch.amp.GradScaler("cuda") if config.amp == "fp16" else None
+        self.sampler = ResumableSampler(
+            len(data.train), seed=config.seed, rank=self.context.rank, world_size=self.context.world_size
+        )
+        self.batches_per_epoch = self.sampler.per_rank // config.batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(
+                f"batch_size: the training split has {len(data.train)} triplets, fewer than one "
+                f"global batch ({config.batch_size} x {self.context.world_size} processes)"
+            )
+        self.step = 0
+        self.history: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
+        self._window = {"loss": 0.0, "count": 0}
+        self.progress = progress
+        self.uses_side_info = model.config.semantic_dim is not None
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to resume (a collective under a process group: RNG states are gathered)."""
+        epoch, offset = divmod(self.step, self.batches_per_epoch)
+        return {
+            "step": self.step,
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": gather_rng_states(self.context.world_size),
+            "sampler": {
+                "seed": self.sampler.seed,
+                "epoch": epoch,
+                "start": offset * self.config.batch_size,
+                "world_size": self.context.world_size,
+            },
+            "window": dict(self._window),
+            "config": self.config.to_dict(),
+            "model_config": self.model.config.to_dict(),
+            "vocabulary": list(self.vocabulary.tokens[2:]),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` (this process's RNG states included).
+
+        Raises:
+            ValueError: If the checkpoint was written by a run with another configuration.
+        """
+        saved = TrainConfig.from_dict(state["config"])
+        if _training_fields(saved) != _training_fields(self.config):
+            raise ValueError(
+                "config: the checkpoint was written with a different training configuration "
+                f"({_config_difference(saved, self.config)})"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler") is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.history = {key: list(value) for key, value in state["history"].items()}
+        self._window = {"loss": float(state["window"]["loss"]), "count": int(state["window"]["count"])}
+        rng = state["rng"]
+        if len(rng) == self.context.world_size:
+            restore_rng_state(rng[self.context.rank])
+        else:
+            warnings.warn(
+                f"checkpoint: written by {len(rng)} processes, resumed on {self.context.world_size}; "
+                "the data order and dropout will differ from an uninterrupted run",
+                stacklevel=2,
+            )
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``RUN_DIR/checkpoints/step_NNNNNNN.pt`` (rank 0; collective under DDP)."""
+        self._sync_buffers()
+        state = self.state_dict()
+        path = None
+        if self.run_dir is not None and self.context.is_main:
+            path = save_checkpoint(checkpoint_path(self.run_dir / CHECKPOINT_DIR, self.step), state)
+        self.context.barrier()
+        return path
+
+    def _sync_buffers(self) -> None:
+        # DDP broadcasts buffers (BatchNorm statistics) at the start of each forward, so
+        # after the last step every process holds its own; rank 0's are the run's.
+        if self.context.enabled:
+            for buffer in self.model.buffers():
+                dist.broadcast(buffer, src=0)
+
+    # ------------------------------------------------------------------ training
+
+    def _loader(self, epoch: int, offset: int) -> DataLoader[Any]:
+        assert self.data.train is not None
+        self.sampler.set_epoch(epoch, start=offset * self.config.batch_size)
+        return DataLoader(
+            TripletDataset(self.data.train),
+            batch_size=self.config.batch_size,
+            sampler=self.sampler,
+            drop_last=True,
+            collate_fn=collate_triplets,
+            num_workers=self.config.num_workers,
+            # Its own generator: building a loader must not draw from the global RNG,
+            # or a resumed run (which builds one mid-epoch) would drift from dropout's stream.
+            generator=torch.Generator().manual_seed(self.config.seed + epoch),
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _side_tokens(self, batch: TripletBatch) -> tuple[Tensor | None, Tensor | None]:
+        if not self.uses_side_info:
+            return None, None
+        available = torch.tensor(
+            [all(s is not None for s in batch.side_info)], dtype=torch.int32, device=self.device
+        )
+        if self.context.enabled:  # every process must agree, or the loss's gathers would not match
+            dist.all_reduce(available, op=dist.ReduceOp.MIN)
+        if not bool(available):
+            return None, None
+        tokens, lengths = self.vocabulary.encode([s or "" for s in batch.side_info])
+        return tokens.to(self.device), lengths.to(self.device)
+
+    def _train_step(self, batch: TripletBatch) -> float:
+        config = self.config
+        device = self.device
+        reference = batch.reference.to(device, non_blocking=True)
+        target = batch.target.to(device, non_blocking=True)
+        tokens, lengths = self.vocabulary.encode(batch.text)
+        side_tokens, side_lengths = self._side_tokens(batch)
+        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            total = self._loss_forward(
+                reference, tokens.to(device), lengths.to(device), target, side_tokens, side_lengths
+            )
+        loss = float(total.detach())
+        if not math.isfinite(loss) and self.scaler is None:
+            raise FloatingPointError(
+                f"loss: became {loss} at step {self.step + 1}; lower lr (now {config.lr}) or "
+                "keep grad_clip on"
+            )
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        if config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.scheduler.step()
+        return loss
+
+    def evaluate(self) -> dict[str, Any]:
+        """Recall@K on the data's evaluation splits (every process takes part under DDP)."""
+        self._sync_buffers()
+        return evaluate(
+            self.model,
+            self.data,
+            ks=self.config.ks,
+            batch_size=self.config.eval_batch_size,
+            num_workers=self.config.num_workers,
+        )
+
+    def fit(self, until: int | None = None) -> TrainResult:
+        """Train from the current step to ``until`` (default: ``config.steps``).
+
+        Writes a checkpoint every ``checkpoint_every`` steps and when it returns;
+        evaluates every ``eval_every`` steps; at the last step of the run evaluates and
+        writes the model, ``metrics.json`` and ``history.json``.
+
+        Args:
+            until: Stop after this step (to split a run into several jobs).
+
+        Returns:
+            A :class:`TrainResult`.
+        """
+        config = self.config
+        until = config.steps if until is None else min(until, config.steps)
+        started = time.perf_counter()
+        main = self.context.is_main
+        progress = Progress(
+            config.steps,
+            initial=self.step,
+            desc=f"train {self.model.config.composer}",
+            enabled=main and self.progress is not False,
+            bar=self.progress if self.progress is not None else None,
+        )
+        if self.run_dir is not None and main:
+            atomic_write_json(self.run_dir / TRAIN_CONFIG_FILE, config.to_dict())
+        self._loss_forward.train()
+        window_start, window_steps = time.perf_counter(), 0
+        metrics = None
+        try:
+            with _deterministic(config.deterministic):
+                while self.step < until:
+                    epoch, offset = divmod(self.step, self.batches_per_epoch)
+                    for batch in self._loader(epoch, offset):
+                        loss = self._train_step(batch)
+                        lr = self.scheduler.get_last_lr()[0]
+                        self.step += 1
+                        window_steps += 1
+                        self._window["loss"] += loss
+                        self._window["count"] += 1
+                        elapsed = max(time.perf_counter() - window_start, 1e-9)
+                        throughput = window_steps * config.batch_size * self.context.world_size / elapsed
+                        log = self.step % config.log_every == 0 or self.step == until
+                        if log:
+                            mean = self._window["loss"] / max(self._window["count"], 1)
+                            self.history["train"].append(
+                                {"step": self.step, "loss": mean, "lr": lr, "samples_per_second": throughput}
+                            )
+                            self._window = {"loss": 0.0, "count": 0}
+                            window_start, window_steps = time.perf_counter(), 0
+                        progress.update(self.step, loss=loss, samples_per_second=throughput)
+                        if config.eval_every and self.step % config.eval_every == 0 and self.step < config.steps:
+                            self._record_eval(self.evaluate(), progress)
+                        if (
+                            config.checkpoint_every
+                            and self.step % config.checkpoint_every == 0
+                            and self.step < until
+                        ):
+                            self.save_checkpoint()
+                        if self.step >= until:
+                            break
+            self.save_checkpoint()
+            if self.step >= config.steps:
+                metrics = self.evaluate()
+                self._record_eval(metrics, progress)
+                metrics = {**metrics, "step": self.step, "composer": self.model.config.composer}
+                self._write_results(metrics)
+        finally:
+            progress.close()
+        return TrainResult(
+            model=self.model,
+            step=self.step,
+            finished=self.step >= config.steps,
+            metrics=metrics,
+            history=self.history,
+            run_dir=self.run_dir,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _record_eval(self, metrics: dict[str, Any], progress: Progress) -> None:
+        entry = {"step": self.step, **{k: v for k, v in metrics.items() if k.startswith("recall@")}}
+        self.history["eval"].append(entry)
+        shown = "  ".join(f"R@{k[7:]} {100 * v:.1f}" for k, v in entry.items() if k.startswith("recall@"))
+        progress.write(f"step {self.step}: {shown}  ({metrics['protocol']} protocol)")
+        if self.run_dir is not None and self.context.is_main:
+            atomic_write_json(self.run_dir / HISTORY_FILE, self.history)
+
+    def _write_results(self, metrics: dict[str, Any]) -> None:
+        if self.run_dir is not None and self.context.is_main:
+            self.model.save_pretrained(self.run_dir)
+            atomic_write_json(self.run_dir / HISTORY_FILE, self.history)
+            atomic_write_json(self.run_dir / METRICS_FILE, metrics)
+        self.context.barrier()
+
+
+_UNTRAINED_FIELDS = ("eval_every", "checkpoint_every", "log_every", "num_workers", "device", "eval_batch_size", "ks")
+
+
+def _training_fields(config: TrainConfig) -> dict[str, Any]:
+    """The fields that change the trained weights (the others may differ on resume)."""
+    return {k: v for k, v in config.to_dict().items() if k not in _UNTRAINED_FIELDS}
+
+
+def _config_difference(saved: TrainConfig, given: TrainConfig) -> str:
+    a, b = _training_fields(saved), _training_fields(given)
+    return ", ".join(f"{k}: saved {a[k]!r}, given {b[k]!r}" for k in a if a[k] != b[k])
+
+
+def train(
+    data: RetrievalData,
+    config: TrainConfig,
+    run_dir: str | os.PathLike[str] | None = None,
+    *,
+    resume: bool = False,
+    until: int | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Build a model for ``data`` and train it: the whole ``valfusion train`` job.
+
+    Args:
+        data: Training and evaluation splits.
+        config: The run's configuration.
+        run_dir: The run directory (see the module docstring), or ``None``.
+        resume: Continue from the latest checkpoint in ``run_dir/checkpoints`` (its model
+            configuration and vocabulary are used; the training configuration must match).
+        until: Stop after this step (a checkpoint is written; resume later).
+        progress: As for :class:`Trainer`.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        FileNotFoundError: ``resume=True`` but ``run_dir`` holds no checkpoint.
+    """
+    state = None
+    if resume:
+        found = latest_checkpoint(Path(run_dir) / CHECKPOINT_DIR) if run_dir is not None else None
+        if found is None:
+            raise FileNotFoundError(f"resume: no checkpoint in {run_dir}/{CHECKPOINT_DIR}")
+        state = load_checkpoint(found)
+        vocabulary = Vocabulary(state["vocabulary"])
+        model = build_model(data, config, vocabulary)
+    else:
+        model = build_model(data, config)
+    trainer = Trainer(model, data, config, run_dir, progress=progress)
+    if state is not None:
+        trainer.load_state_dict(state)
+    return trainer.fit(until=until)
+
