@@ -82,7 +82,11 @@ def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
 
 
 def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
-    """The checkpoint with the highest step in ``directory``, or ``None``."""
+    """The checkpoint with the highest step in ``directory``, or ``None``.
+
+    Args:
+        directory: A run's checkpoint folder.
+    """
     folder = Path(directory)
     if not folder.is_dir():
         return None

@@ -15,6 +15,7 @@ __all__ = ["AMP_MODES", "TrainConfig"]
 #: Mixed-precision modes: ``"off"`` (float32), ``"bf16"`` (CPU or CUDA autocast),
 #: ``"fp16"`` (CUDA autocast with a gradient scaler).
 AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16")
+"""Mixed-precision modes: ``"off"`` (fp32), ``"bf16"`` (CPU or CUDA autocast), ``"fp16"`` (CUDA only, with a gradient scaler)."""
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -130,7 +131,11 @@ class TrainConfig:
         return self.model_config(1).composer
 
     def model_config(self, vocab_size: int) -> VALConfig:
-        """The :class:`~valfusion.models.VALConfig` of this run for a vocabulary of ``vocab_size`` ids."""
+        """The :class:`~valfusion.models.VALConfig` of this run for a vocabulary of ``vocab_size`` ids.
+
+        Args:
+            vocab_size: Size of the run's vocabulary.
+        """
         return VALConfig(vocab_size=vocab_size, **self.model)
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,6 +150,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Rebuild a configuration written by :meth:`to_dict`.
+
+        Args:
+            data: The dictionary written by :meth:`to_dict`.
 
         Raises:
             ValueError: On unknown keys or invalid values.

@@ -47,7 +47,13 @@ class ResumableSampler(Sampler[int]):
         return self.size // self.world_size
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
-        """Select the epoch's permutation and the position in this rank's shard to start at."""
+        """Select the epoch's permutation and the position in this rank's shard to start at.
+
+        Args:
+            epoch: The epoch; the permutation depends only on ``(seed, epoch)``.
+            start: How many of this rank's indices of the epoch were already used
+                (a resumed run continues from there).
+        """
         if not 0 <= start <= self.per_rank:
             raise ValueError(f"start: expected a position in [0, {self.per_rank}], got {start}")
         self.epoch = epoch

@@ -63,9 +63,13 @@ __all__ = [
 ]
 
 TRAIN_CONFIG_FILE = "train_config.json"
+"""Name of the run's training configuration file inside ``RUN_DIR``."""
 METRICS_FILE = "metrics.json"
+"""Name of the run's latest evaluation metrics file inside ``RUN_DIR``."""
 HISTORY_FILE = "history.json"
+"""Name of the run's loss and evaluation history file inside ``RUN_DIR``."""
 CHECKPOINT_DIR = "checkpoints"
+"""Name of the folder of periodic checkpoints inside ``RUN_DIR``."""
 
 
 def build_vocabulary(data: RetrievalData, config: TrainConfig) -> Vocabulary:
@@ -292,6 +296,9 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (this process's RNG states included).
+
+        Args:
+            state: A checkpoint written from :meth:`state_dict`.
 
         Raises:
             ValueError: If the checkpoint was written by a run with another configuration.
