@@ -7,14 +7,22 @@ because the machines are noisy (see docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import platform
+import re
 import shlex
+import statistics
+import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+import timeit
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils import benchmark as tbench
@@ -34,6 +42,9 @@ class BenchArgs:
     min_run_time: float = 1.0
     out_dir: Path = RESULTS_DIR
     write: bool = True
+    threads: int | None = None  # intra-op threads; None: the benchmark's own default
+    clock: str = "auto"  # "auto", "cpu" (process CPU time) or "wall"
+    only: str | None = None  # comma-separated sections, for benchmarks that have several
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +54,14 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where to write results")
     parser.add_argument("--no-write", action="store_true", help="print only, write no files")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="intra-op threads (default: each benchmark's own choice)")
+    parser.add_argument("--clock", default="auto", choices=("auto", "cpu", "wall"),
+                        help="timer: process CPU time, wall time, or auto (CPU time for one "
+                             "thread on CPU, else wall)")
+    parser.add_argument("--only", default=None, metavar="SECTIONS",
+                        help="comma-separated sections of a benchmark that has several "
+                             "(composite: levels,parts,sweep)")
 
 
 def args_from_namespace(ns: argparse.Namespace) -> BenchArgs:
@@ -53,6 +72,9 @@ def args_from_namespace(ns: argparse.Namespace) -> BenchArgs:
         min_run_time=ns.min_run_time,
         out_dir=ns.out_dir,
         write=not ns.no_write,
+        threads=getattr(ns, "threads", None),
+        clock=getattr(ns, "clock", "auto"),
+        only=getattr(ns, "only", None),
     )
 
 
@@ -61,20 +83,203 @@ def synchronize(device: str | torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def time_fn(fn: Callable[[], object], min_run_time: float = 1.0, label: str = "") -> float:
-    """Median seconds per call of ``fn`` (torch.utils.benchmark handles warm-up and sync)."""
-    timer = tbench.Timer(stmt="fn()", globals={"fn": fn}, label=label, num_threads=torch.get_num_threads())
-    fn()  # warm-up outside the measurement (first-call allocations, lazy init)
-    return timer.blocked_autorange(min_run_time=min_run_time).median
+def time_fn(fn: Callable[[], object], min_run_time: float = 1.0, label: str = "",
+            timer: Callable[[], float] | None = None, warmup: bool = True) -> float:
+    """Median seconds per call of ``fn`` (torch.utils.benchmark handles warm-up and sync).
+
+    ``timer`` is the clock (default: wall time, ``timeit.default_timer``); see
+    :func:`make_clock`. ``warmup=False`` skips the extra first call (for callers that
+    warmed ``fn`` up already and whose calls take seconds).
+    """
+    timer_kw = {} if timer is None else {"timer": timer}
+    measurement = tbench.Timer(stmt="fn()", globals={"fn": fn}, label=label,
+                               num_threads=torch.get_num_threads(), **timer_kw)
+    if warmup:
+        fn()  # warm-up outside the measurement (first-call allocations, lazy init)
+    return measurement.blocked_autorange(min_run_time=min_run_time).median
 
 
 def gemm_flops_per_second(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 2048,
-                          min_run_time: float = 1.0) -> float:
+                          min_run_time: float = 1.0,
+                          timer: Callable[[], float] | None = None) -> float:
     """The machine's ceiling: FLOP/s of an ``n x n x n`` matrix product (2 n^3 FLOPs)."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = time_fn(lambda: torch.mm(a, b), min_run_time=min_run_time)
+    seconds = time_fn(lambda: torch.mm(a, b), min_run_time=min_run_time, timer=timer)
     return 2 * n**3 / seconds
+
+
+# ---------------------------------------------------------------- threads, clock, rounds
+
+
+def resolve_threads(args: BenchArgs, cpu_default: int = 1) -> int:
+    """Intra-op threads for a run: ``args.threads``, else ``cpu_default`` on CPU (else as is)."""
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"threads: expected a positive count, got {args.threads}")
+        return args.threads
+    if torch.device(args.device).type == "cpu":
+        return cpu_default
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def num_threads(threads: int) -> Iterator[None]:
+    """Run the body with ``torch.set_num_threads(threads)``, then restore the old count."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def selected_sections(args: BenchArgs, sections: Sequence[str]) -> tuple[str, ...]:
+    """The sections to run: all of ``sections``, or those named in ``args.only``."""
+    if args.only is None:
+        return tuple(sections)
+    chosen = tuple(part.strip() for part in args.only.split(",") if part.strip())
+    unknown = [c for c in chosen if c not in sections]
+    if unknown:
+        raise ValueError(f"only: expected sections from {list(sections)}, got {unknown}")
+    return chosen
+
+
+def allocator_note() -> str:
+    """The malloc/THP environment variables that change how CPU memory is served, if set."""
+    names = sorted(k for k in os.environ if k.startswith("MALLOC_") or k.startswith("GLIBC_TUNABLES")
+                   or k == "THP_MEM_ALLOC_ENABLE" or k == "LD_PRELOAD")
+    if not names:
+        return "default allocator settings (glibc malloc, no tuning variables set)"
+    return "allocator environment " + ", ".join(f"`{k}={os.environ[k]}`" for k in names)
+
+
+def make_clock(args: BenchArgs, threads: int) -> tuple[Callable[[], float], str]:
+    """The timer to use and its description.
+
+    ``"cpu"``: ``time.process_time``, the CPU time of this process. With one intra-op
+    thread on a CPU it counts only the time the benchmark actually ran, so other jobs on a
+    shared machine (which deschedule it) do not inflate it; page faults and cache misses
+    still count. ``"wall"``: wall time. ``"auto"``: ``"cpu"`` for one thread on a CPU device,
+    else ``"wall"`` (with several threads CPU time would add up the threads, and on CUDA the
+    host clock is idle while the device works).
+    """
+    clock = args.clock
+    if clock not in ("auto", "cpu", "wall"):
+        raise ValueError(f"clock: expected 'auto', 'cpu' or 'wall', got {clock!r}")
+    if clock == "auto":
+        clock = "cpu" if torch.device(args.device).type == "cpu" and threads == 1 else "wall"
+    if clock == "cpu":
+        return time.process_time, "process CPU time (`time.process_time`)"
+    return timeit.default_timer, "wall time (`timeit.default_timer`)"
+
+
+def interleaved_rounds(fns: Mapping[str, Callable[[], object]], rounds: int,
+                       min_run_time: float, timer: Callable[[], float] | None = None,
+                       warmup: bool = True) -> dict[str, list[float]]:
+    """Time every function once per round, alternating, for ``rounds`` rounds.
+
+    Each function is warmed up once first (``warmup``). The order of the functions rotates
+    from round to round, so that a burst of load from other jobs does not hit one of them
+    systematically. Returns the per-round median seconds per call of each function.
+    """
+    names = list(fns)
+    if warmup:
+        for name in names:
+            fns[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            times[name].append(time_fn(fns[name], min_run_time, timer=timer, warmup=False))
+    return times
+
+
+def median_ratio(numerator: Sequence[float], denominator: Sequence[float]) -> float:
+    """Median over rounds of ``numerator[r] / denominator[r]``."""
+    return statistics.median(a / b for a, b in zip(numerator, denominator, strict=True))
+
+
+# ---------------------------------------------------------------- peak memory
+
+
+def cuda_peak_memory(fn: Callable[[], object], device: str | torch.device = "cuda") -> int:
+    """Bytes allocated at the high-water mark of ``fn()`` above what was allocated before."""
+    synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def _proc_status_bytes(key: str) -> int:
+    with open("/proc/self/status") as f:
+        match = re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {key} line")
+    return int(match.group(1)) * 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter (``VmHWM``; Linux >= 4.0). False if not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
+def run_peak_rss_child(factory: str, workloads: Sequence[Mapping[str, Any]],
+                       threads: int = 1) -> list[int]:
+    """Peak resident memory of one call of each workload, measured in a fresh subprocess.
+
+    The child imports ``factory`` (``"package.module:function"``). For each workload it
+    calls ``factory(**workload)`` to build the modules and inputs and get a zero-argument
+    ``step``, runs ``step`` once to warm up, drops the garbage, reads the resident set size
+    ``VmRSS``, resets the peak counter ``VmHWM`` (``/proc/self/clear_refs``), runs ``step``
+    once more and records ``VmHWM - VmRSS``: the high-water mark of the memory the step
+    allocated above what existed before it (inputs, weights). glibc is told to serve every
+    allocation of 64 KiB or more with its own ``mmap`` (``MALLOC_MMAP_THRESHOLD_=65536``),
+    so freed tensors go back to the OS at once and the resident set follows the live
+    tensors (to the page).
+
+    Returns:
+        Bytes, one value per workload.
+    """
+    module, _, function = factory.partition(":")
+    code = (
+        "import json, sys, gc, torch\n"
+        "from benchmarks import _harness as h\n"
+        f"torch.set_num_threads({int(threads)})\n"
+        f"from {module} import {function} as factory\n"
+        "peaks = []\n"
+        "for workload in json.loads(sys.argv[1]):\n"
+        "    step = factory(**workload)\n"
+        "    step(); gc.collect()\n"
+        "    base = h._proc_status_bytes('VmRSS')\n"
+        "    if not h._reset_peak_rss(): raise SystemExit('cannot reset VmHWM')\n"
+        "    step()\n"
+        "    peaks.append(h._proc_status_bytes('VmHWM') - base)\n"
+        "    del step; gc.collect()\n"
+        "print(json.dumps(peaks))\n"
+    )
+    # The child's own allocator settings, whatever the parent runs under (a parent with
+    # mmap disabled, say, would keep freed memory resident and hide the peak).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    payload = json.dumps([dict(w) for w in workloads])
+    done = subprocess.run([sys.executable, "-c", code, payload], env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory subprocess for {factory} failed:\n{done.stderr}")
+    return [int(v) for v in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
+# ---------------------------------------------------------------- output
 
 
 def environment_header(title: str, argv: Sequence[str] | None = None, device: str = "cpu") -> str:

@@ -5,14 +5,23 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from valfusion._validation import check_positive_int, fmt_shape
 from valfusion.layers._inputs import check_image_text
 from valfusion.layers.composite_attention import CompositeAttention
-from valfusion.layers.conv_norm_act import LayerFactory
-from valfusion.layers.joint_attentional_preservation import JointAttentionalPreservation
+from valfusion.layers.conv_norm_act import (
+    LayerFactory,
+    autocast_dtype,
+    like_memory_format,
+    use_fused_kernels,
+)
+from valfusion.layers.joint_attentional_preservation import (
+    JointAttentionalPreservation,
+    gated_residual,
+)
 from valfusion.layers.self_attentional_transformation import (
     HeadLayout,
     SelfAttentionalTransformation,
@@ -38,6 +47,17 @@ class CompositeTransformer(nn.Module):
     default, as in the release that produced the paper's numbers; that halves the q/k/v
     cost at two heads. ``head_layout="full"`` gives the paper's notation (every head sees
     all channels). :meth:`official` builds the official graph.
+
+    Performance: without ``return_attention`` (and outside :func:`torch.compile`, which
+    traces the plain composition and fuses it itself) the block runs on token-major
+    ``(B * N, C)`` memory: ``F_c`` is one GEMM accumulating onto the broadcast text term,
+    the q/k/v maps one batched GEMM over the head groups (which also yields the gates'
+    pooled inputs), attention the fused kernel (no ``N x N`` matrix), and ``F_proj`` one
+    GEMM that accumulates straight into the buffer holding ``w_ja F_ja`` (when ``F_proj``
+    has no norm or activation): the joint gate and the mix are never materialised, and
+    each intermediate gradient is one buffer, with no autograd-side additions. An NCHW
+    input costs one transpose in and one out (a ``channels_last`` input costs none and
+    gives a ``channels_last`` output). ``benchmarks/bench_composite.py`` measures all this.
 
     Args:
         image_channels: ``C``; must be divisible by ``num_heads``.
@@ -195,6 +215,12 @@ class CompositeTransformer(nn.Module):
                 f"(this block's spatial kernel is tied to it), got shape "
                 f"{fmt_shape(image_features)}"
             )
+        if (
+            not return_attention
+            and self.self_attention.fused_attn
+            and use_fused_kernels(image_features)
+        ):
+            return self._forward_tokens(image_features, text_features)
         fused = self.fusion(image_features, text_features)
         if not return_attention:
             transformed = self.self_attention(fused)
@@ -204,3 +230,34 @@ class CompositeTransformer(nn.Module):
         preserved, attention = self.preservation(fused, image_features, return_attention=True)
         output = self.w_sa * transformed + self.w_ja * preserved
         return output, replace(attention, self_attention=weights)
+
+    def _forward_tokens(self, image: Tensor, text: Tensor) -> Tensor:
+        """The eager fast path on token-major memory (same function as the composition)."""
+        height = image.shape[2]
+        # One transpose for an NCHW input, shared by the fusion GEMM and the gated residual.
+        reference = rearrange(image, "b c y x -> b (y x) c").contiguous()
+        fused, reference = self.fusion.forward_tokens(reference, text, height, return_tokens=True)
+        fused = rearrange(fused, "b c y x -> b (y x) c")
+        # One pass over X for the attention and the gates' pooled inputs: X has a single
+        # consumer, whose backward accumulates all of dX in one buffer.
+        heads, channel_mean, spatial_mean = self.self_attention.attend_tokens(fused, pool=True)
+        channel_gate, spatial_gate = self.preservation.gates(
+            channel_mean, rearrange(spatial_mean, "b (y x) -> b 1 y x", y=height)
+        )
+        channel_gate = self.w_ja * rearrange(channel_gate, "b c 1 1 -> b c")
+        spatial_gate = rearrange(spatial_gate, "b 1 y x -> b (y x)")
+        proj = self.self_attention.proj
+        if all(isinstance(m, nn.Identity) for m in (proj.pad, proj.norm, proj.act)):
+            # w_sa F_proj(heads) = heads (w_sa W)^T + w_sa b: accumulated by the GEMM into
+            # the buffer of w_ja F_ja.
+            weight = self.w_sa * rearrange(proj.conv.weight, "o i 1 1 -> o i")
+            if autocast_dtype(heads) is not None:
+                weight = weight.to(heads.dtype)
+            bias = None if proj.conv.bias is None else self.w_sa * proj.conv.bias
+            out = gated_residual(reference, channel_gate, spatial_gate, heads, weight, bias)
+        else:
+            transformed = self.self_attention.project_tokens(heads, height)
+            out = gated_residual(reference, channel_gate, spatial_gate) + self.w_sa * rearrange(
+                transformed, "b c y x -> b (y x) c"
+            )
+        return like_memory_format(rearrange(out, "b (y x) c -> b c y x", y=height), image)

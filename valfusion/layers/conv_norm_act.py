@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
@@ -11,7 +12,17 @@ from torch.nn.modules.utils import _pair
 
 from valfusion._validation import check_positive_int
 
-__all__ = ["ConvNormAct", "LayerFactory", "PointwiseConv2d", "pointwise_conv", "same_padding"]
+__all__ = [
+    "ConvNormAct",
+    "LayerFactory",
+    "PointwiseConv2d",
+    "autocast_dtype",
+    "is_channels_last",
+    "like_memory_format",
+    "pointwise_conv",
+    "same_padding",
+    "use_fused_kernels",
+]
 
 #: A callable building a module, e.g. ``nn.BatchNorm2d`` (called with the channel count)
 #: or ``nn.ReLU`` (called with no argument).
@@ -34,11 +45,74 @@ def same_padding(kernel_size: int | tuple[int, int]) -> tuple[int, int, int, int
     return (kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2
 
 
+def use_fused_kernels(x: Tensor) -> bool:
+    """Whether the hand-written autograd functions of the eager fast path apply to ``x``.
+
+    Under :func:`torch.compile` the layers use the plain composition of ops instead: the
+    compiler fuses that itself, and it needs no ``out=`` products.
+
+    Args:
+        x: an input of the layer.
+
+    Returns:
+        ``True`` for a floating-point ``x`` in eager mode.
+    """
+    return x.is_floating_point() and not torch.compiler.is_compiling()
+
+
+def autocast_dtype(x: Tensor) -> torch.dtype | None:
+    """The autocast dtype for ``x``'s device when autocast is on there.
+
+    Args:
+        x: a tensor on a CPU or CUDA device.
+
+    Returns:
+        The low-precision dtype autocast uses (e.g. ``torch.bfloat16``), or ``None``.
+    """
+    device = x.device.type
+    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return None
+
+
+def is_channels_last(x: Tensor) -> bool:
+    """Whether ``x`` is a 4-D map stored ``channels_last`` (and not also plain contiguous).
+
+    Args:
+        x: any tensor.
+
+    Returns:
+        ``True`` when the memory of ``(B, C, H, W)`` is token-major ``(B, H, W, C)``.
+    """
+    return (
+        x.dim() == 4
+        and not x.is_contiguous()
+        and x.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def like_memory_format(x: Tensor, like: Tensor) -> Tensor:
+    """``x`` in ``like``'s memory format: ``channels_last`` if ``like`` is, else contiguous.
+
+    Args:
+        x: a 4-D tensor.
+        like: a 4-D tensor of the same shape.
+
+    Returns:
+        ``x`` itself when it already has that format, else a copy.
+    """
+    if is_channels_last(like):
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous()
+
+
 def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """A 1x1 convolution: ``y[b, :, i, j] = W x[b, :, i, j] + bias``.
 
-    On a ``1 x 1`` map (a pooled vector) this is one matrix product, which BLAS runs
-    several times faster than the convolution kernel; larger maps use the convolution.
+    On a ``1 x 1`` map (a pooled vector), and on a ``channels_last`` map (token-major
+    memory), this is one matrix product, which BLAS runs several times faster than the
+    convolution kernel; a ``channels_last`` input gives a ``channels_last`` output. Other
+    maps use the convolution.
 
     Args:
         x: ``(B, C_in, H, W)``.
@@ -51,6 +125,10 @@ def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Ten
     if x.shape[2] == 1 and x.shape[3] == 1:
         out = F.linear(rearrange(x, "b c 1 1 -> b c"), rearrange(weight, "o i 1 1 -> o i"), bias)
         return rearrange(out, "b c -> b c 1 1")
+    if is_channels_last(x):
+        tokens = rearrange(x, "b c y x -> b y x c")  # a view: the memory is token-major
+        out = F.linear(tokens, rearrange(weight, "o i 1 1 -> o i"), bias)
+        return rearrange(out, "b y x c -> b c y x")
     return F.conv2d(x, weight, bias)
 
 

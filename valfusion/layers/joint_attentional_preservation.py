@@ -2,14 +2,135 @@
 
 from __future__ import annotations
 
+import torch
+from einops import rearrange
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from valfusion._validation import check_positive_int, check_same_batch, check_size
 from valfusion.layers._inputs import check_feature_map
 from valfusion.layers.composite_attention import CompositeAttention
-from valfusion.layers.conv_norm_act import ConvNormAct, LayerFactory
+from valfusion.layers.conv_norm_act import ConvNormAct, LayerFactory, use_fused_kernels
 
-__all__ = ["JointAttentionalPreservation"]
+__all__ = ["JointAttentionalPreservation", "gated_residual"]
+
+
+class _GatedResidual(torch.autograd.Function):
+    """``out = r * (a ⊗ s) [+ t W^T + b]`` on ``(B, N, C)`` with one output buffer.
+
+    ``r`` ``(B, N, C)`` (any strides), channel gate ``a`` ``(B, C)``, spatial gate ``s``
+    ``(B, N)``; optionally token-major ``t`` ``(B, N, K)`` through a linear map ``W``
+    ``(C, K)`` and bias ``b`` ``(C,)`` accumulated into the same buffer by the GEMM.
+    Neither the ``(B, N, C)`` joint gate ``a ⊗ s`` nor the gated product is materialised
+    or saved; backward needs one ``(B, N, C)`` scratch tensor, which becomes ``dr`` (fresh
+    memory with ``r``'s strides, so that autograd can add ``r``'s other gradients into it
+    in place).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        reference: Tensor,
+        channel_gate: Tensor,
+        spatial_gate: Tensor,
+        tokens: Tensor | None,
+        weight: Tensor | None,
+        bias: Tensor | None,
+    ) -> Tensor:
+        dtype = reference.dtype if tokens is None else torch.promote_types(
+            reference.dtype, tokens.dtype
+        )
+        if tokens is None:
+            out = torch.empty_like(reference, dtype=dtype)
+        else:
+            batch, n, c = reference.shape
+            out = reference.new_empty(batch, n, c, dtype=dtype)  # token-major for the GEMM
+        torch.mul(reference, spatial_gate[:, :, None], out=out)
+        out.mul_(channel_gate[:, None, :])
+        if bias is not None:
+            out.add_(bias)
+        if tokens is not None and weight is not None:
+            out2d = out.view(-1, out.shape[-1])
+            tokens2d = tokens.reshape(-1, tokens.shape[-1])
+            if tokens.dtype == out.dtype:
+                out2d.addmm_(tokens2d, weight.t())
+            else:  # autocast: the GEMM in low precision, the sum in the output dtype
+                out2d.add_(torch.mm(tokens2d, weight.t()))
+        ctx.save_for_backward(reference, channel_gate, spatial_gate, tokens, weight)
+        ctx.bias_dtype = None if bias is None else bias.dtype
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        reference, channel_gate, spatial_gate, tokens, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        need = ctx.needs_input_grad
+        grad_r = grad_a = grad_s = grad_t = grad_w = grad_b = None
+        # A token-major copy of an (e.g. NCHW) output gradient, if one is made, is ours to
+        # reuse as the scratch buffer below.
+        grad_copy: Tensor | None = None
+        if tokens is not None and weight is not None and (need[3] or need[4]):
+            grad2d = grad.reshape(-1, grad.shape[-1]).to(tokens.dtype)
+            if grad2d.data_ptr() != grad.data_ptr() and grad2d.dtype == grad.dtype:
+                grad_copy = grad2d.view(grad.shape)
+            if need[3]:
+                grad_t = tokens.new_empty(tokens.shape)
+                torch.mm(grad2d, weight, out=grad_t.view(-1, tokens.shape[-1]))
+            if need[4]:
+                grad_w = grad2d.t().mm(tokens.reshape(-1, tokens.shape[-1]))
+        if need[5] and ctx.bias_dtype is not None:  # type: ignore[attr-defined]
+            grad_b = grad.sum(dim=(0, 1)).to(ctx.bias_dtype)  # type: ignore[attr-defined]
+        if need[1] or need[2]:
+            if grad_copy is not None and grad_copy.stride() == reference.stride():
+                scratch = grad_copy.mul_(reference)
+            else:
+                scratch = torch.empty_like(reference, dtype=grad.dtype)
+                torch.mul(grad, reference, out=scratch)
+            # (B, 1, N) x (B, N, C) and (B, N, C) x (B, C, 1): reductions without temporaries.
+            if need[1]:
+                grad_a = torch.bmm(spatial_gate[:, None, :].to(scratch.dtype), scratch)[:, 0]
+                grad_a = grad_a.to(channel_gate.dtype)
+            if need[2]:
+                grad_s = torch.bmm(scratch, channel_gate[:, :, None].to(scratch.dtype))[..., 0]
+                grad_s = grad_s.to(spatial_gate.dtype)
+            if need[0]:
+                grad_r = torch.mul(grad, spatial_gate[:, :, None], out=scratch)
+        elif need[0]:
+            grad_r = grad * spatial_gate[:, :, None]
+        if grad_r is not None:
+            grad_r.mul_(channel_gate[:, None, :])
+            grad_r = grad_r.to(reference.dtype)
+        return grad_r, grad_a, grad_s, grad_t, grad_w, grad_b
+
+
+def gated_residual(
+    reference: Tensor,
+    channel_gate: Tensor,
+    spatial_gate: Tensor,
+    tokens: Tensor | None = None,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+) -> Tensor:
+    """``r * (a ⊗ s) [+ t W^T + b]`` in one buffer: preservation, optionally with the mix.
+
+    ``out[b, n, c] = r[b, n, c] a[b, c] s[b, n] + sum_k t[b, n, k] W[c, k] + b[c]``.
+    With ``t, W, b`` = the self-attention's head outputs and ``w_sa`` times ``F_proj``'s
+    weight and bias, and ``a`` = ``w_ja`` times the channel gate, this is the composite
+    transformer's whole output ``w_sa F_sa + w_ja F_ja`` in one GEMM-accumulated buffer.
+
+    Args:
+        reference: ``r``, ``(B, N, C)``, any strides.
+        channel_gate: ``a``, ``(B, C)``.
+        spatial_gate: ``s``, ``(B, N)``.
+        tokens: ``t``, ``(B, N, K)`` token-major, or ``None``.
+        weight: ``W``, ``(C, K)`` (with ``tokens``).
+        bias: ``b``, ``(C,)`` or ``None``.
+
+    Returns:
+        ``(B, N, C)``; token-major (contiguous) when ``tokens`` is given, else with
+        ``reference``'s strides.
+    """
+    return _GatedResidual.apply(reference, channel_gate, spatial_gate, tokens, weight, bias)
 
 
 class JointAttentionalPreservation(nn.Module):
@@ -23,6 +144,10 @@ class JointAttentionalPreservation(nn.Module):
     ``act_layer``. The default 7x7 kernel works at any resolution (CBAM's choice); the
     official graph uses a kernel the size of the whole map, with batch norm and ReLU,
     which puts every gate in ``[0.5, 1)``.
+
+    Performance: without ``return_attention`` the product ``A_ja * F_r`` is one buffer
+    written in two in-place passes (:func:`gated_residual`); the ``(B, C, H, W)`` joint
+    gate is never built, and backward needs one scratch tensor, which becomes ``dF_r``.
 
     Args:
         channels: ``C``.
@@ -77,10 +202,33 @@ class JointAttentionalPreservation(nn.Module):
         check_same_batch(fused, "fused", reference, "reference")
         check_size(reference, "reference", 2, fused.shape[2], "height H (as in fused)")
         check_size(reference, "reference", 3, fused.shape[3], "width W (as in fused)")
-        channel_gate = self.gate(self.channel_conv(fused.mean(dim=(2, 3), keepdim=True)))
-        spatial_gate = self.gate(self.spatial_conv(fused.mean(dim=1, keepdim=True)))
+        height, width = fused.shape[2:]
+        channel_gate, spatial_gate = self.gates(
+            fused.sum(dim=(2, 3)) / (height * width), fused.sum(dim=1, keepdim=True) / fused.shape[1]
+        )
+        if not return_attention and use_fused_kernels(reference):
+            preserved = gated_residual(
+                rearrange(reference, "b c y x -> b (y x) c"),
+                rearrange(channel_gate, "b c 1 1 -> b c"),
+                rearrange(spatial_gate, "b 1 y x -> b (y x)"),
+            )
+            return rearrange(preserved, "b (y x) c -> b c y x", y=height)
         joint = channel_gate * spatial_gate
         preserved = joint * reference
         if return_attention:
             return preserved, CompositeAttention(channel_gate, spatial_gate, joint)
         return preserved
+
+    def gates(self, channel_mean: Tensor, spatial_mean: Tensor) -> tuple[Tensor, Tensor]:
+        """The two gates from the pooled fused map.
+
+        Args:
+            channel_mean: ``mean_{h,w} X``, shape ``(B, C)``.
+            spatial_mean: ``mean_c X``, shape ``(B, 1, H, W)``.
+
+        Returns:
+            ``(gate(a_ch), gate(a_sp))`` of shapes ``(B, C, 1, 1)`` and ``(B, 1, H, W)``.
+        """
+        channel_gate = self.gate(self.channel_conv(rearrange(channel_mean, "b c -> b c 1 1")))
+        spatial_gate = self.gate(self.spatial_conv(spatial_mean))
+        return channel_gate, spatial_gate

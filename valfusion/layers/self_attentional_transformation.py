@@ -9,14 +9,124 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from valfusion._validation import check_positive_int
 from valfusion.layers._inputs import check_feature_map
-from valfusion.layers.conv_norm_act import ConvNormAct, LayerFactory
+from valfusion.layers.conv_norm_act import (
+    ConvNormAct,
+    LayerFactory,
+    autocast_dtype,
+    like_memory_format,
+    use_fused_kernels,
+)
 
 __all__ = ["HeadLayout", "SelfAttentionalTransformation"]
 
 HeadLayout = Literal["full", "grouped"]
+
+
+class _GroupedQKVProjection(torch.autograd.Function):
+    """``q/k/v`` of every head from token-major ``x`` by one batched GEMM over channel groups.
+
+    Forward: ``x`` ``(B, N, G * c)`` (``M = B * N`` tokens, ``G`` groups of ``c`` channels),
+    ``weight`` ``(G, 3 * e, c)`` with rows ``(q|k|v, e)`` per group, optional ``bias``
+    ``(G, 3 * e)``. One ``(G, M, c) x (G, c, 3 e)`` batched product writes into a
+    ``(M, G, 3, e)`` buffer, so that ``q``, ``k`` and ``v`` come out as ``(B, heads, N, d)``
+    views whose memory is token-major ``(B, N, heads, d)``: the layout in which the fused
+    attention kernel returns its output and gradients, so no operand is ever copied.
+
+    With ``pool=True`` it also returns the means of ``x`` over tokens ``(B, C)`` and over
+    channels ``(B, N)`` (the inputs of the preservation gates), so that ``x`` has one
+    consumer and its gradient is accumulated here rather than by autograd.
+
+    Backward receives ``dq``, ``dk``, ``dv`` separately (no ``(M, 3 C)`` stacking) and
+    accumulates into one fresh ``dx`` in place:
+    ``dx_g = dq_g W_q,g + dk_g W_k,g + dv_g W_v,g (+ d mean_n / N + d mean_c / C)``.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        num_heads: int,
+        pool: bool,
+    ) -> tuple[Tensor, ...]:
+        groups, rows, cin = weight.shape
+        width = rows // 3
+        x = x.contiguous()
+        tokens = x.shape[0] * x.shape[1]
+        buffer = x.new_empty(tokens, groups, 3, width)
+        out = buffer.view(tokens, groups, rows).transpose(0, 1)  # (G, M, 3e), strided
+        x_groups = x.view(tokens, groups, cin).transpose(0, 1)  # (G, M, c), strided
+        if bias is None:
+            torch.bmm(x_groups, weight.transpose(1, 2), out=out)
+        else:
+            out.copy_(bias[:, None, :].expand_as(out))
+            out.baddbmm_(x_groups, weight.transpose(1, 2))
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        heads = (
+            buffer[:, :, j].reshape(x.shape[0], -1, num_heads, width * groups // num_heads)
+            .transpose(1, 2)
+            for j in range(3)
+        )
+        q, k, v = heads
+        if not pool:
+            return q, k, v
+        return q, k, v, x.mean(dim=1), x.mean(dim=2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: FunctionCtx, *grads: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        tokens = x.shape[0] * x.shape[1]
+        groups, rows, cin = weight.shape
+        width = rows // 3
+        x_groups = x.view(tokens, groups, cin).transpose(0, 1)
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_x = x.new_empty(x.shape) if need_x else None
+        grad_w = torch.empty_like(weight) if need_w else None
+        grad_b = weight.new_zeros(groups, rows) if (need_b and ctx.has_bias) else None  # type: ignore[attr-defined]
+        grad_x_groups = None if grad_x is None else grad_x.view(tokens, groups, cin).transpose(0, 1)
+        pooled = grads[3:] if len(grads) == 5 else (None, None)
+        first = True
+        if grad_x is not None and (pooled[0] is not None or pooled[1] is not None):
+            # Start dx from the gradients of the two means (one broadcast pass); the GEMMs
+            # below accumulate onto it.
+            n, c = x.shape[1], x.shape[2]
+            zero = grad_x.new_zeros(())
+            by_channel = zero if pooled[0] is None else pooled[0][:, None, :] / n
+            by_token = zero if pooled[1] is None else pooled[1][:, :, None] / c
+            torch.add(by_channel, by_token, out=grad_x)
+            first = False
+        for j, grad in enumerate(grads[:3]):
+            if grad is None:
+                continue
+            # (B, heads, N, d) -> (G, M, e); free when the memory is (B, N, heads, d).
+            grad = grad.transpose(1, 2).reshape(tokens, groups, width).transpose(0, 1)
+            rows_j = slice(j * width, (j + 1) * width)
+            if grad_x_groups is not None:
+                if first:
+                    torch.bmm(grad, weight[:, rows_j], out=grad_x_groups)
+                    first = False
+                else:
+                    grad_x_groups.baddbmm_(grad, weight[:, rows_j])
+            if grad_w is not None:
+                torch.bmm(grad.transpose(1, 2), x_groups, out=grad_w[:, rows_j])
+            if grad_b is not None:
+                grad_b[:, rows_j] = grad.sum(dim=1)
+        if grad_x is not None and first:
+            grad_x.zero_()
+        if grad_w is not None:
+            for j, grad in enumerate(grads[:3]):
+                if grad is None:
+                    grad_w[:, j * width : (j + 1) * width].zero_()
+        return grad_x, grad_w, grad_b, None, None
 
 
 class SelfAttentionalTransformation(nn.Module):
@@ -43,6 +153,15 @@ class SelfAttentionalTransformation(nn.Module):
     never builds the ``N x N`` matrix (on CPU, PyTorch falls back to the explicit formula
     when attention dropout is active, i.e. in training with ``attn_drop > 0``). The
     explicit path is used when ``fused_attn=False`` or the weights are requested.
+
+    Performance: the fused path works on token-major ``(B * N, C)`` memory throughout. The
+    q/k/v maps of all heads are one batched GEMM over the channel groups (the grouped
+    layout costs ``3 C^2 / num_heads`` per position, never a block-diagonal ``3 C^2``),
+    written straight into the ``(B, N, heads, d)`` layout the attention kernel reads and
+    returns, and ``F_proj`` is one GEMM on that output. An NCHW input is transposed once
+    on the way in and the output once on the way out; a ``channels_last`` input needs
+    neither (the output then is ``channels_last`` too). Under :func:`torch.compile` the
+    plain composition of ops is traced instead.
 
     Args:
         channels: ``C``; must be divisible by ``num_heads``.
@@ -112,6 +231,51 @@ class SelfAttentionalTransformation(nn.Module):
             f"head_layout={self.head_layout!r}, fused_attn={self.fused_attn}"
         )
 
+    def attend_tokens(
+        self, x: Tensor, *, pool: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """Fused multi-head attention on token-major features, before ``F_proj``.
+
+        Args:
+            x: ``(B, N, C)`` tokens (contiguous memory avoids a copy).
+            pool: also return ``x``'s means over tokens and over channels, computed in the
+                same pass (the composite transformer's gates read them).
+
+        Returns:
+            ``(B, N, C)``, the concatenated head outputs
+            ``concat_i softmax(Q_i K_i^T / sqrt(d)) V_i`` (channels ordered ``(head, d)``);
+            with ``pool=True`` the triple ``(heads, mean_n x (B, C), mean_c x (B, N))``.
+        """
+        weight, bias = self.qkv_weight, self.qkv_bias
+        dtype = autocast_dtype(x)
+        if dtype is None:
+            outs = _GroupedQKVProjection.apply(x, weight, bias, self.num_heads, pool)
+        else:
+            # What autocast would do to the GEMM: run it in the low-precision dtype.
+            weight = weight.to(dtype)
+            bias = None if bias is None else bias.to(dtype)
+            with torch.autocast(x.device.type, enabled=False):
+                outs = _GroupedQKVProjection.apply(x.to(dtype), weight, bias, self.num_heads, pool)
+        q, k, v = outs[:3]
+        drop = self.attn_drop.p if self.training else 0.0
+        heads = rearrange(F.scaled_dot_product_attention(q, k, v, dropout_p=drop),
+                          "b h n d -> b n (h d)")
+        if not pool:
+            return heads
+        return heads, outs[3], outs[4]
+
+    def project_tokens(self, x: Tensor, height: int) -> Tensor:
+        """``F_proj`` on token-major head outputs.
+
+        Args:
+            x: ``(B, N, C)`` from :meth:`attend_tokens`, ``N = H * W``.
+            height: ``H``.
+
+        Returns:
+            ``F_sa``, shape ``(B, C, H, W)``, in ``channels_last`` memory.
+        """
+        return self.proj(rearrange(x, "b (y x) c -> b c y x", y=height))
+
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(B, C, H, W) -> 3 x (B, heads, N, d)``, each with unit stride on ``d``."""
         batch = x.shape[0]
@@ -150,6 +314,12 @@ class SelfAttentionalTransformation(nn.Module):
         """
         check_feature_map(x, "x", self.channels)
         height = x.shape[2]
+        if self.fused_attn and not return_weights and use_fused_kernels(x):
+            tokens = rearrange(x, "b c y x -> b (y x) c")  # strided unless x is channels_last
+            heads = self.attend_tokens(tokens.contiguous())
+            assert isinstance(heads, Tensor)
+            out = self.project_tokens(heads, height)
+            return like_memory_format(out, x)
         q, k, v = self._qkv(x)
         weights = None
         if return_weights or not self.fused_attn:

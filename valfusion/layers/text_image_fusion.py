@@ -4,15 +4,71 @@ from __future__ import annotations
 
 import itertools
 
+import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 
 from valfusion._validation import check_positive_int
 from valfusion.layers._inputs import check_image_text
-from valfusion.layers.conv_norm_act import ConvNormAct, LayerFactory, pointwise_conv
+from valfusion.layers.conv_norm_act import (
+    ConvNormAct,
+    LayerFactory,
+    autocast_dtype,
+    is_channels_last,
+    pointwise_conv,
+    use_fused_kernels,
+)
 
 __all__ = ["TextImageFusion"]
+
+
+class _TokenProjection(torch.autograd.Function):
+    """``y[b, n] = W r[b, n] + u[b]`` on token-major ``r``, with ``r`` passed through.
+
+    ``r`` ``(B, N, C)`` contiguous, ``W`` ``(O, C)`` (any strides), per-sample term ``u``
+    ``(B, O)``: ``u`` is written into the output buffer and the GEMM accumulates onto it.
+    The second output is ``r`` itself (an alias): a caller that needs ``r`` again uses the
+    alias, so ``r`` has this one consumer and the backward sums both of its gradients
+    (``dy W`` plus the alias's) in one GEMM instead of leaving autograd to add two
+    ``(B, N, C)`` tensors.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: FunctionCtx, tokens: Tensor, weight: Tensor, shift: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        batch, n, channels = tokens.shape
+        out = tokens.new_empty(batch, n, weight.shape[0])
+        out.copy_(shift[:, None, :].expand_as(out))
+        out.view(batch * n, -1).addmm_(tokens.view(batch * n, channels), weight.t())
+        ctx.save_for_backward(tokens, weight)
+        return out, tokens
+
+    @staticmethod
+    @once_differentiable
+    def backward(  # type: ignore[override]
+        ctx: FunctionCtx, grad: Tensor | None, grad_tokens: Tensor | None
+    ) -> tuple[Tensor | None, ...]:
+        tokens, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        batch, n, channels = tokens.shape
+        grad_r = grad_w = grad_u = None
+        if grad is None:
+            return grad_tokens, None, None
+        grad2d = grad.reshape(batch * n, -1)
+        if ctx.needs_input_grad[0]:
+            grad_r = tokens.new_empty(tokens.shape)
+            if grad_tokens is None:
+                torch.mm(grad2d, weight, out=grad_r.view(batch * n, channels))
+            else:
+                torch.addmm(grad_tokens.reshape(batch * n, channels), grad2d, weight,
+                            out=grad_r.view(batch * n, channels))
+        if ctx.needs_input_grad[1]:
+            grad_w = grad2d.t().mm(tokens.view(batch * n, channels))
+        if ctx.needs_input_grad[2]:
+            grad_u = grad.sum(dim=1)
+        return grad_r, grad_w, grad_u
 
 
 class TextImageFusion(nn.Module):
@@ -26,6 +82,9 @@ class TextImageFusion(nn.Module):
     The tiled text is never materialised: a 1x1 conv over ``[F_r ; tile(t)]`` equals
     ``W_r * F_r + tile(W_t t)``, which saves ``D / (C + D)`` of the first layer's work.
     The weight is still stored as one ``(hidden, C + D, 1, 1)`` conv (image columns first).
+    A ``channels_last`` input runs every layer as one GEMM on its token-major memory and
+    gives a ``channels_last`` output; :meth:`forward_tokens` takes token-major features
+    directly.
 
     Args:
         image_channels: ``C``.
@@ -88,6 +147,9 @@ class TextImageFusion(nn.Module):
             ValueError: on a wrong rank, channel count, text width, dtype or batch size.
         """
         check_image_text(image_features, text_features, self.image_channels, self.text_channels)
+        if is_channels_last(image_features):
+            tokens = rearrange(image_features, "b c y x -> b (y x) c")  # a view
+            return self.forward_tokens(tokens, text_features, image_features.shape[2])
         conv = self.fuse.conv
         image_weight = conv.weight[:, : self.image_channels]
         text_weight = conv.weight[:, self.image_channels :, 0, 0]
@@ -95,3 +157,49 @@ class TextImageFusion(nn.Module):
         x = x + rearrange(F.linear(text_features, text_weight, conv.bias), "b c -> b c 1 1")
         x = self.fuse.act(self.fuse.norm(x))
         return self.mlp(x)
+
+    def forward_tokens(
+        self,
+        image_tokens: Tensor,
+        text_features: Tensor,
+        height: int,
+        *,
+        return_tokens: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Fuse token-major image features (no input checks; see :meth:`forward`).
+
+        Args:
+            image_tokens: ``F_r`` as ``(B, N, C)`` tokens, ``N = H * W`` in row-major
+                ``(y, x)`` order; contiguous memory makes the first layer one GEMM.
+            text_features: ``t``, shape ``(B, D)``.
+            height: ``H``.
+            return_tokens: also return an alias of ``image_tokens`` for the caller to use
+                instead of them (its gradient is then summed into the first layer's input
+                gradient, saving autograd one ``(B, N, C)`` addition).
+
+        Returns:
+            ``X``, shape ``(B, C_out, H, W)``, in ``channels_last`` memory; with
+            ``return_tokens=True`` the pair ``(X, image_tokens alias)``.
+        """
+        conv = self.fuse.conv
+        image_weight, text_weight = rearrange(conv.weight, "o i 1 1 -> o i").split(
+            [self.image_channels, self.text_channels], dim=1
+        )
+        shift = F.linear(text_features, text_weight, conv.bias)  # (B, O): W_t t + b
+        if use_fused_kernels(image_tokens) and autocast_dtype(image_tokens) is None:
+            x, image_tokens = _TokenProjection.apply(image_tokens.contiguous(), image_weight, shift)
+        else:
+            # F.linear on 3-D input returns a non-view result, so the in-place broadcast add
+            # of the per-sample text term is free of autograd bookkeeping copies.
+            x = F.linear(image_tokens, image_weight)
+            x.add_(rearrange(shift, "b c -> b 1 c"))
+        x = rearrange(x, "b (y x) c -> b c y x", y=height)
+        x = self.fuse.norm(x)
+        if type(self.fuse.act) is nn.ReLU and isinstance(self.fuse.norm, nn.BatchNorm2d):
+            # Batch norm's backward does not need its output: rectify that fresh tensor in
+            # place rather than allocating another (B, N, C) buffer.
+            x = F.relu(x, inplace=True)
+        else:
+            x = self.fuse.act(x)
+        x = self.mlp(x)
+        return (x, image_tokens) if return_tokens else x
