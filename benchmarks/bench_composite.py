@@ -49,7 +49,7 @@ to the implementations; the implementations and the ceiling are timed alternatel
 (``torch.utils.benchmark`` ``blocked_autorange`` median per round, the order rotating
 between rounds), and the tables give the median over rounds of each time, of each ratio
 (reference / valfusion) and of each fraction of the ceiling (achieved FLOP/s over the
-ceiling of the same round). On CPU the default is one intra-op thread and process CPU
+ceiling, the best GEMM rate of the case's rounds). On CPU the default is one intra-op thread and process CPU
 time (see ``_harness.make_clock``): the machine these files were made on is shared with
 other jobs, and CPU time does not count the time the benchmark was descheduled.
 
@@ -339,7 +339,7 @@ class Timing:
     """Per-round seconds of each implementation and of the GEMM ceiling (FLOP/s)."""
 
     seconds: dict[str, list[float]]
-    ceiling: list[float]  # FLOP/s per round
+    ceiling: list[float]  # FLOP/s per round (the best GEMM sample of the case's rounds)
     flops: float  # useful FLOPs of one call
 
     def median(self, name: str) -> float:
@@ -384,8 +384,10 @@ class Runner:
         seconds = interleaved_rounds(
             fns, rounds or self.sizes.rounds, self.args.min_run_time, timer=self.clock
         )
-        ceiling = [self._gemm_flops / t for t in seconds.pop(CEILING)]
-        return Timing(seconds, ceiling, flops)
+        # The ceiling is the best the machine did in these rounds: a GEMM sample that a burst
+        # of load from other jobs slowed down must not inflate the fractions.
+        best = max(self._gemm_flops / t for t in seconds.pop(CEILING))
+        return Timing(seconds, [best] * len(seconds[next(iter(seconds))]), flops)
 
 
 def _share(part: float, whole: float) -> str:
@@ -703,8 +705,8 @@ def _run(args: BenchArgs, threads: int) -> None:
         f"{allocator_note()}. Each row: median over "
         f"{sizes.rounds} alternating round(s) of the `torch.utils.benchmark` blocked_autorange "
         f"median (min_run_time={args.min_run_time} s); ratios and fractions of the ceiling are "
-        f"medians of the per-round values, the ceiling (a {sizes.gemm_n}^3 `torch.mm`) being "
-        "timed in every round. FLOP formula and implementations: `benchmarks/bench_composite.py` "
+        f"medians of the per-round values; the ceiling is the best rate of a {sizes.gemm_n}^3 "
+        "`torch.mm` timed in every round of the case. FLOP formula and implementations: `benchmarks/bench_composite.py` "
         f"docstring. Peak memory: {memory_method}.\n\n"
     )
     if "levels" in sections:

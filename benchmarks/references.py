@@ -67,6 +67,8 @@ def _copy_conv_norm_act(layer: ConvNormAct) -> tuple[nn.Module, nn.Module, nn.Mo
         src.kernel_size,
         padding=src.padding,
         bias=src.bias is not None,
+        dtype=src.weight.dtype,
+        device=src.weight.device,
     )
     conv.load_state_dict(src.state_dict())
     norm = _clone_module(layer.norm)
@@ -125,9 +127,11 @@ class OfficialGraphSelfAttention(nn.Module):
         self.grouped = block.head_layout == "grouped"
         in_channels = self.head_dim if self.grouped else block.channels
         bias = block.qkv_bias is not None
+        factory = {"dtype": block.qkv_weight.dtype, "device": block.qkv_weight.device}
         self.query, self.key, self.value = (
             nn.ModuleList(
-                nn.Conv2d(in_channels, self.head_dim, 1, bias=bias) for _ in range(self.num_heads)
+                nn.Conv2d(in_channels, self.head_dim, 1, bias=bias, **factory)
+                for _ in range(self.num_heads)
             )
             for _ in range(3)
         )
@@ -211,10 +215,13 @@ class MultiheadAttentionPortSelfAttention(nn.Module):
         super().__init__()
         channels = block.channels
         proj = block.proj
-        self.attention = nn.MultiheadAttention(channels, block.num_heads, dropout=block.attn_drop.p)
+        factory = {"dtype": block.qkv_weight.dtype, "device": block.qkv_weight.device}
+        self.attention = nn.MultiheadAttention(
+            channels, block.num_heads, dropout=block.attn_drop.p, **factory
+        )
         with torch.no_grad():
-            weight = torch.zeros(3 * channels, channels)
-            bias = torch.zeros(3 * channels)
+            weight = torch.zeros(3 * channels, channels, **factory)
+            bias = torch.zeros(3 * channels, **factory)
             for j in range(3):
                 for g in range(block.groups):
                     width = channels // block.groups

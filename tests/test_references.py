@@ -207,7 +207,7 @@ def test_reference_gives_the_layers_gradients_for_channels_last_maps(reference: 
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("config", ["paper", "four_heads"])
+@pytest.mark.parametrize("config", ["paper", "four_heads", "full_heads_bias"])
 def test_parameter_gradients_match_the_official_graph_reference(config: str) -> None:
     # Every weight of the layer against the same weight of the reference, by name.
     layer = _layer(config).train()
@@ -226,12 +226,106 @@ def test_parameter_gradients_match_the_official_graph_reference(config: str) -> 
         "spatial gate": (layer.preservation.spatial_conv.conv.weight.grad,
                          ref.preservation.spatial_conv.weight.grad),
     }
+    grouped = sa.head_layout == "grouped"
     for i in range(sa.num_heads):
+        group, offset, stride = (i, 0, d) if grouped else (0, i * d, CHANNELS)
         for j, convs in enumerate((ref.self_attention.query, ref.self_attention.key,
                                    ref.self_attention.value)):
+            rows = slice(j * stride + offset, j * stride + offset + d)
             pairs[f"head {i} map {j}"] = (
-                sa.qkv_weight.grad[i, j * d : (j + 1) * d],
-                convs[i].weight.grad[:, :, 0, 0],
+                sa.qkv_weight.grad[group, rows], convs[i].weight.grad[:, :, 0, 0]
             )
+            if sa.qkv_bias is not None:
+                pairs[f"head {i} map {j} bias"] = (sa.qkv_bias.grad[group, rows],
+                                                   convs[i].bias.grad)
     for name, (got, expected) in pairs.items():
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5, msg=name)
+
+
+LARGE = 16  # a 16 x 16 map: N = 256 positions, where NCHW maps are used in place
+
+
+def _large_inputs(dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    image = torch.randn(2, CHANNELS, LARGE, LARGE, dtype=dtype, requires_grad=True)
+    text = torch.randn(2, TEXT, dtype=dtype, requires_grad=True)
+    return image, text
+
+
+@pytest.mark.parametrize("memory_format", ["nchw", "channels_last"])
+def test_reference_gives_the_layers_output_and_gradients_on_a_large_map(
+    memory_format: str,
+) -> None:
+    layer = _layer("paper").double().train()
+    ref = OfficialGraphComposite.from_layer(layer).train()
+    image, text = _large_inputs()
+    fed = image
+    if memory_format == "channels_last":
+        fed = image.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    weight = torch.randn(2, CHANNELS, LARGE, LARGE, dtype=torch.float64)
+    out = layer(fed, text)
+    expected_out = ref(image, text)
+    torch.testing.assert_close(out, expected_out)
+    params = [layer.fusion.fuse.conv.weight, layer.self_attention.qkv_weight,
+              layer.self_attention.proj.conv.weight, layer.w_sa, layer.w_ja]
+    got = torch.autograd.grad((out * weight).sum(), [fed, text, *params])
+    ref_params = [ref.fusion.conv.weight, None, ref.self_attention.proj.weight, ref.w_sa,
+                  ref.w_ja]
+    expected = torch.autograd.grad(
+        (expected_out * weight).sum(), [image, text, *(p for p in ref_params if p is not None)]
+    )
+    torch.testing.assert_close(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1])
+    torch.testing.assert_close(got[2], expected[2])  # fusion weight (image and text columns)
+    torch.testing.assert_close(got[4], expected[3])  # projection
+    torch.testing.assert_close(got[5], expected[4])  # w_sa
+    torch.testing.assert_close(got[6], expected[5])  # w_ja
+
+
+def test_large_nchw_map_is_never_transposed_forward_or_backward() -> None:
+    # From PER_SAMPLE_MIN_TOKENS positions on, an NCHW map is read and written in place:
+    # no op copies a (B, C, H, W)-sized tensor into another buffer, in either pass.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    copies: list[str] = []
+    size = 2 * CHANNELS * LARGE * LARGE
+
+    class RecordCopies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            source = args[1] if func.overloadpacket is torch.ops.aten.copy_ else args[0]
+            relayout = func.overloadpacket in (torch.ops.aten.clone, torch.ops.aten.copy_)
+            # A broadcast source (a zero stride) is a fill, not a transpose.
+            if relayout and source.numel() == size and 0 not in source.stride():
+                copies.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    layer = _layer("paper").train()
+    image, text = _large_inputs(torch.float32)
+    with RecordCopies():
+        out = layer(image, text)
+        out.backward(torch.randn_like(out))
+    assert out.is_contiguous()
+    assert copies == []
+
+
+def test_small_nchw_map_is_transposed_once_each_way() -> None:
+    # Guards the test above: the detector does see the transposes of the small-map path.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    copies: list[str] = []
+    size = BATCH * CHANNELS * HEIGHT * WIDTH
+
+    class RecordCopies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            source = args[1] if func.overloadpacket is torch.ops.aten.copy_ else args[0]
+            relayout = func.overloadpacket in (torch.ops.aten.clone, torch.ops.aten.copy_)
+            # A broadcast source (a zero stride) is a fill, not a transpose.
+            if relayout and source.numel() == size and 0 not in source.stride():
+                copies.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    layer = _layer("paper").train()
+    image, text = _inputs()
+    with RecordCopies():
+        out = layer(image, text)
+        out.backward(torch.randn_like(out))
+    assert len(copies) >= 2

@@ -13,8 +13,10 @@ from valfusion._validation import check_positive_int, fmt_shape
 from valfusion.layers._inputs import check_image_text
 from valfusion.layers.composite_attention import CompositeAttention
 from valfusion.layers.conv_norm_act import (
+    PER_SAMPLE_MIN_TOKENS,
     LayerFactory,
     autocast_dtype,
+    is_channel_major,
     like_memory_format,
     use_fused_kernels,
 )
@@ -55,9 +57,11 @@ class CompositeTransformer(nn.Module):
     pooled inputs), attention the fused kernel (no ``N x N`` matrix), and ``F_proj`` one
     GEMM that accumulates straight into the buffer holding ``w_ja F_ja`` (when ``F_proj``
     has no norm or activation): the joint gate and the mix are never materialised, and
-    each intermediate gradient is one buffer, with no autograd-side additions. An NCHW
-    input costs one transpose in and one out (a ``channels_last`` input costs none and
-    gives a ``channels_last`` output). ``benchmarks/bench_composite.py`` measures all this.
+    each intermediate gradient is one buffer, with no autograd-side additions. A
+    ``channels_last`` input needs no transposes and gives a ``channels_last`` output; an
+    NCHW map of at least ``PER_SAMPLE_MIN_TOKENS`` positions is read and written in place
+    by per-sample GEMMs, a smaller one is transposed once each way.
+    ``benchmarks/bench_composite.py`` measures all this.
 
     Args:
         image_channels: ``C``; must be divisible by ``num_heads``.
@@ -234,8 +238,11 @@ class CompositeTransformer(nn.Module):
     def _forward_tokens(self, image: Tensor, text: Tensor) -> Tensor:
         """The eager fast path on token-major memory (same function as the composition)."""
         height = image.shape[2]
-        # One transpose for an NCHW input, shared by the fusion GEMM and the gated residual.
-        reference = rearrange(image, "b c y x -> b (y x) c").contiguous()
+        reference = rearrange(image, "b c y x -> b (y x) c")
+        if not (is_channel_major(reference) and reference.shape[1] >= PER_SAMPLE_MIN_TOKENS):
+            # Small maps: one transpose of an NCHW input (shared by the fusion GEMM and the
+            # gated residual) buys single large GEMMs; large NCHW maps are used in place.
+            reference = reference.contiguous()
         fused, reference = self.fusion.forward_tokens(reference, text, height, return_tokens=True)
         fused = rearrange(fused, "b c y x -> b (y x) c")
         # One pass over X for the attention and the gates' pooled inputs: X has a single

@@ -13,10 +13,12 @@ from torch.nn.modules.utils import _pair
 from valfusion._validation import check_positive_int
 
 __all__ = [
+    "PER_SAMPLE_MIN_TOKENS",
     "ConvNormAct",
     "LayerFactory",
     "PointwiseConv2d",
     "autocast_dtype",
+    "is_channel_major",
     "is_channels_last",
     "like_memory_format",
     "pointwise_conv",
@@ -73,6 +75,27 @@ def autocast_dtype(x: Tensor) -> torch.dtype | None:
     if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
         return torch.get_autocast_dtype(device)
     return None
+
+
+#: From this many positions per map on, an NCHW map is used in place by per-sample GEMMs
+#: (``(C, N)`` matrices) instead of being transposed to token-major memory first: the
+#: transposes then cost more than the per-sample products lose to one large product.
+PER_SAMPLE_MIN_TOKENS = 256
+
+
+def is_channel_major(tokens: Tensor) -> bool:
+    """Whether ``(B, N, C)`` ``tokens`` are a transposed view of contiguous ``(B, C, N)`` memory.
+
+    Args:
+        tokens: a 3-D tensor.
+
+    Returns:
+        ``True`` for the token view of an NCHW map (``C > 1``, ``N > 1``).
+    """
+    if tokens.dim() != 3:
+        return False
+    _, n, c = tokens.shape
+    return n > 1 and c > 1 and tokens.stride() == (n * c, 1, n)
 
 
 def is_channels_last(x: Tensor) -> bool:

@@ -10,7 +10,12 @@ from torch.autograd.function import FunctionCtx, once_differentiable
 from valfusion._validation import check_positive_int, check_same_batch, check_size
 from valfusion.layers._inputs import check_feature_map
 from valfusion.layers.composite_attention import CompositeAttention
-from valfusion.layers.conv_norm_act import ConvNormAct, LayerFactory, use_fused_kernels
+from valfusion.layers.conv_norm_act import (
+    ConvNormAct,
+    LayerFactory,
+    is_channel_major,
+    use_fused_kernels,
+)
 
 __all__ = ["JointAttentionalPreservation", "gated_residual"]
 
@@ -22,9 +27,12 @@ class _GatedResidual(torch.autograd.Function):
     ``(B, N)``; optionally token-major ``t`` ``(B, N, K)`` through a linear map ``W``
     ``(C, K)`` and bias ``b`` ``(C,)`` accumulated into the same buffer by the GEMM.
     Neither the ``(B, N, C)`` joint gate ``a ⊗ s`` nor the gated product is materialised
-    or saved; backward needs one ``(B, N, C)`` scratch tensor, which becomes ``dr`` (fresh
-    memory with ``r``'s strides, so that autograd can add ``r``'s other gradients into it
-    in place).
+    or saved; backward needs one ``(B, N, C)`` scratch tensor, which becomes ``dr``.
+
+    Layouts: the output takes ``r``'s memory layout. For token-major ``r`` the GEMM is one
+    ``(B N, K) x (K, C)`` product; for the token view of an NCHW map (channel-major ``r``)
+    it is one ``(C, K) x (K, N)`` product per sample, so that an NCHW map is read and
+    written in place, without transposes, in both passes.
     """
 
     @staticmethod
@@ -40,8 +48,9 @@ class _GatedResidual(torch.autograd.Function):
         dtype = reference.dtype if tokens is None else torch.promote_types(
             reference.dtype, tokens.dtype
         )
-        if tokens is None:
-            out = torch.empty_like(reference, dtype=dtype)
+        channel_major = is_channel_major(reference)
+        if tokens is None or channel_major:
+            out = torch.empty_like(reference, dtype=dtype)  # reference's layout
         else:
             batch, n, c = reference.shape
             out = reference.new_empty(batch, n, c, dtype=dtype)  # token-major for the GEMM
@@ -50,12 +59,20 @@ class _GatedResidual(torch.autograd.Function):
         if bias is not None:
             out.add_(bias)
         if tokens is not None and weight is not None:
-            out2d = out.view(-1, out.shape[-1])
-            tokens2d = tokens.reshape(-1, tokens.shape[-1])
-            if tokens.dtype == out.dtype:
-                out2d.addmm_(tokens2d, weight.t())
-            else:  # autocast: the GEMM in low precision, the sum in the output dtype
-                out2d.add_(torch.mm(tokens2d, weight.t()))
+            if channel_major:  # out[b] (C, N) += W (C, K) t[b]^T (K, N)
+                out_cn = out.transpose(1, 2)
+                product = (weight.expand(out.shape[0], -1, -1), tokens.transpose(1, 2))
+                if tokens.dtype == out.dtype:
+                    out_cn.baddbmm_(*product)
+                else:  # autocast: the GEMM in low precision, the sum in the output dtype
+                    out_cn.add_(torch.bmm(*product))
+            else:
+                out2d = out.view(-1, out.shape[-1])
+                tokens2d = tokens.reshape(-1, tokens.shape[-1])
+                if tokens.dtype == out.dtype:
+                    out2d.addmm_(tokens2d, weight.t())
+                else:
+                    out2d.add_(torch.mm(tokens2d, weight.t()))
         ctx.save_for_backward(reference, channel_gate, spatial_gate, tokens, weight)
         ctx.bias_dtype = None if bias is None else bias.dtype
         return out
@@ -69,7 +86,16 @@ class _GatedResidual(torch.autograd.Function):
         # A token-major copy of an (e.g. NCHW) output gradient, if one is made, is ours to
         # reuse as the scratch buffer below.
         grad_copy: Tensor | None = None
-        if tokens is not None and weight is not None and (need[3] or need[4]):
+        per_sample = is_channel_major(reference)
+        if tokens is not None and weight is not None and (need[3] or need[4]) and per_sample:
+            grad_low = grad.to(tokens.dtype)
+            if need[3]:  # dt[b] (N, K) = g[b] (N, C) W (C, K), g[b] read transposed
+                grad_t = torch.bmm(grad_low, weight.expand(grad.shape[0], -1, -1))
+            if need[4]:  # dW = sum_b g[b]^T (C, N) t[b] (N, K): one GEMM per sample
+                grad_w = torch.mm(grad_low[0].t(), tokens[0])
+                for b in range(1, grad.shape[0]):
+                    grad_w.addmm_(grad_low[b].t(), tokens[b])
+        elif tokens is not None and weight is not None and (need[3] or need[4]):
             grad2d = grad.reshape(-1, grad.shape[-1]).to(tokens.dtype)
             if grad2d.data_ptr() != grad.data_ptr() and grad2d.dtype == grad.dtype:
                 grad_copy = grad2d.view(grad.shape)

@@ -16,6 +16,7 @@ from valfusion.layers.conv_norm_act import (
     ConvNormAct,
     LayerFactory,
     autocast_dtype,
+    is_channel_major,
     is_channels_last,
     pointwise_conv,
     use_fused_kernels,
@@ -27,22 +28,30 @@ __all__ = ["TextImageFusion"]
 class _TokenProjection(torch.autograd.Function):
     """``y[b, n] = W r[b, n] + u[b]`` on token-major ``r``, with ``r`` passed through.
 
-    ``r`` ``(B, N, C)`` contiguous, ``W`` ``(O, C)`` (any strides), per-sample term ``u``
-    ``(B, O)``: ``u`` is written into the output buffer and the GEMM accumulates onto it.
-    The second output is ``r`` itself (an alias): a caller that needs ``r`` again uses the
-    alias, so ``r`` has this one consumer and the backward sums both of its gradients
-    (``dy W`` plus the alias's) in one GEMM instead of leaving autograd to add two
-    ``(B, N, C)`` tensors.
+    ``r`` ``(B, N, C)``, ``W`` ``(O, C)`` (any strides), per-sample term ``u`` ``(B, O)``:
+    ``u`` is written into the output buffer and the GEMM accumulates onto it. The second
+    output is ``r`` itself (an alias): a caller that needs ``r`` again uses the alias, so
+    ``r`` has this one consumer and the backward sums both of its gradients (``dy W`` plus
+    the alias's) in one GEMM instead of leaving autograd to add two ``(B, N, C)`` tensors.
+
+    ``r`` is either contiguous (one ``(B N, C) x (C, O)`` product) or the token view of an
+    NCHW map (channel-major: one product per sample reading ``(C, N)`` directly; ``dr``
+    comes back in the same NCHW layout).
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: FunctionCtx, tokens: Tensor, weight: Tensor, shift: Tensor
     ) -> tuple[Tensor, Tensor]:
+        if not is_channel_major(tokens):
+            tokens = tokens.contiguous()
         batch, n, channels = tokens.shape
         out = tokens.new_empty(batch, n, weight.shape[0])
         out.copy_(shift[:, None, :].expand_as(out))
-        out.view(batch * n, -1).addmm_(tokens.view(batch * n, channels), weight.t())
+        if is_channel_major(tokens):
+            out.baddbmm_(tokens, weight.t().expand(batch, -1, -1))
+        else:
+            out.view(batch * n, -1).addmm_(tokens.view(batch * n, channels), weight.t())
         ctx.save_for_backward(tokens, weight)
         return out, tokens
 
@@ -56,16 +65,28 @@ class _TokenProjection(torch.autograd.Function):
         grad_r = grad_w = grad_u = None
         if grad is None:
             return grad_tokens, None, None
-        grad2d = grad.reshape(batch * n, -1)
-        if ctx.needs_input_grad[0]:
-            grad_r = tokens.new_empty(tokens.shape)
-            if grad_tokens is None:
-                torch.mm(grad2d, weight, out=grad_r.view(batch * n, channels))
-            else:
-                torch.addmm(grad_tokens.reshape(batch * n, channels), grad2d, weight,
-                            out=grad_r.view(batch * n, channels))
-        if ctx.needs_input_grad[1]:
-            grad_w = grad2d.t().mm(tokens.view(batch * n, channels))
+        if is_channel_major(tokens):
+            if ctx.needs_input_grad[0]:  # dr[b] (C, N) = W^T (C, O) dy[b]^T (O, N)
+                product = (weight.t().expand(batch, -1, -1), grad.transpose(1, 2))
+                if grad_tokens is None:
+                    grad_r = torch.bmm(*product).transpose(1, 2)
+                else:
+                    grad_r = torch.baddbmm(grad_tokens.transpose(1, 2), *product).transpose(1, 2)
+            if ctx.needs_input_grad[1]:  # dW = sum_b dy[b]^T (O, N) r[b] (N, C)
+                grad_w = torch.mm(grad[0].t(), tokens[0])
+                for b in range(1, batch):
+                    grad_w.addmm_(grad[b].t(), tokens[b])
+        else:
+            grad2d = grad.reshape(batch * n, -1)
+            if ctx.needs_input_grad[0]:
+                grad_r = tokens.new_empty(tokens.shape)
+                if grad_tokens is None:
+                    torch.mm(grad2d, weight, out=grad_r.view(batch * n, channels))
+                else:
+                    torch.addmm(grad_tokens.reshape(batch * n, channels), grad2d, weight,
+                                out=grad_r.view(batch * n, channels))
+            if ctx.needs_input_grad[1]:
+                grad_w = grad2d.t().mm(tokens.view(batch * n, channels))
         if ctx.needs_input_grad[2]:
             grad_u = grad.sum(dim=1)
         return grad_r, grad_w, grad_u
@@ -170,7 +191,9 @@ class TextImageFusion(nn.Module):
 
         Args:
             image_tokens: ``F_r`` as ``(B, N, C)`` tokens, ``N = H * W`` in row-major
-                ``(y, x)`` order; contiguous memory makes the first layer one GEMM.
+                ``(y, x)`` order: contiguous (the first layer is one GEMM), or the token
+                view of an NCHW map (one GEMM per sample reads it in place; other strides
+                are copied).
             text_features: ``t``, shape ``(B, D)``.
             height: ``H``.
             return_tokens: also return an alias of ``image_tokens`` for the caller to use
@@ -187,7 +210,7 @@ class TextImageFusion(nn.Module):
         )
         shift = F.linear(text_features, text_weight, conv.bias)  # (B, O): W_t t + b
         if use_fused_kernels(image_tokens) and autocast_dtype(image_tokens) is None:
-            x, image_tokens = _TokenProjection.apply(image_tokens.contiguous(), image_weight, shift)
+            x, image_tokens = _TokenProjection.apply(image_tokens, image_weight, shift)
         else:
             # F.linear on 3-D input returns a non-view result, so the in-place broadcast add
             # of the per-sample text term is free of autograd bookkeeping copies.
