@@ -99,6 +99,17 @@ def time_fn(fn: Callable[[], object], min_run_time: float = 1.0, label: str = ""
     return measurement.blocked_autorange(min_run_time=min_run_time).median
 
 
+CUDA_GEMM_N = 8192
+"""Side of the ceiling GEMM on a GPU: a 2048^3 product is too small to fill one."""
+
+
+def ceiling_gemm_size(args: BenchArgs, cpu_n: int = 2048, tiny_n: int = 256) -> int:
+    """Side ``n`` of the ``n x n x n`` GEMM whose rate is a run's ceiling."""
+    if args.tiny:
+        return tiny_n
+    return CUDA_GEMM_N if torch.device(args.device).type == "cuda" else cpu_n
+
+
 def gemm_flops_per_second(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 2048,
                           min_run_time: float = 1.0,
                           timer: Callable[[], float] | None = None) -> float:
@@ -171,7 +182,17 @@ def make_clock(args: BenchArgs, threads: int) -> tuple[Callable[[], float], str]
         clock = "cpu" if torch.device(args.device).type == "cpu" and threads == 1 else "wall"
     if clock == "cpu":
         return time.process_time, "process CPU time (`time.process_time`)"
+    if torch.device(args.device).type == "cuda":
+        # A bare wall clock would time how fast kernels are queued, not how fast they run.
+        return _synchronized_wall_time, (
+            "wall time read after `torch.cuda.synchronize()` (so every queued kernel counts)"
+        )
     return timeit.default_timer, "wall time (`timeit.default_timer`)"
+
+
+def _synchronized_wall_time() -> float:
+    torch.cuda.synchronize()
+    return timeit.default_timer()
 
 
 def interleaved_rounds(fns: Mapping[str, Callable[[], object]], rounds: int,
@@ -285,10 +306,18 @@ def run_peak_rss_child(factory: str, workloads: Sequence[Mapping[str, Any]],
 def environment_header(title: str, argv: Sequence[str] | None = None, device: str = "cpu") -> str:
     """Markdown header: the command that made the file and the environment it ran in."""
     argv = list(sys.argv if argv is None else argv)
+    if argv and Path(argv[0]).parts[-2:] == ("benchmarks", "__main__.py"):
+        argv = ["python", "-m", "benchmarks", *argv[1:]]  # how `python -m benchmarks` was run
     cmd = " ".join(shlex.quote(a) for a in argv)
     dev = torch.device(device)
+    precision = ""
     if dev.type == "cuda":
         dev_name = torch.cuda.get_device_name(dev)
+        precision = (
+            f"\n- CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; TF32 in fp32 "
+            f"matmuls {torch.backends.cuda.matmul.allow_tf32}, in fp32 convolutions "
+            f"{torch.backends.cudnn.allow_tf32} (PyTorch's defaults unless changed)"
+        )
     else:
         dev_name = platform.processor() or platform.machine()
     lines = [
@@ -297,7 +326,7 @@ def environment_header(title: str, argv: Sequence[str] | None = None, device: st
         f"- command: `{cmd}`",
         f"- torch {torch.__version__}, python {platform.python_version()}, "
         f"threads {torch.get_num_threads()}, cpus {os.cpu_count()}",
-        f"- device: {dev.type} ({dev_name})",
+        f"- device: {dev.type} ({dev_name}){precision}",
         "",
     ]
     return "\n".join(lines)
@@ -324,6 +353,7 @@ def write_result(name: str, text: str, args: BenchArgs) -> Path | None:
     fd, tmp = tempfile.mkstemp(dir=args.out_dir, prefix=f".{name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
     os.replace(tmp, path)
     print(f"wrote {path}")
     return path

@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks._harness import (
     DTYPES,
     BenchArgs,
+    ceiling_gemm_size,
     environment_header,
     interleaved_rounds,
     make_clock,
@@ -142,7 +143,7 @@ def run(args: BenchArgs) -> None:
 def _run(args: BenchArgs, threads: int) -> None:
     batch_size, steps_per_text = (4, 6) if args.tiny else (32, 12)
     rounds = 1 if args.tiny else 3
-    gemm_n = 256 if args.tiny else 2048
+    gemm_n = ceiling_gemm_size(args)
     clock, clock_name = make_clock(args, threads)
     a = torch.randn(gemm_n, gemm_n, device=args.device, dtype=DTYPES[args.dtype])
     b = torch.randn(gemm_n, gemm_n, device=args.device, dtype=DTYPES[args.dtype])
