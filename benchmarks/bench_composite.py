@@ -617,16 +617,34 @@ def _limits_text(runner: Runner, args: BenchArgs, sizes: Sizes) -> str:
         def transpose(image: Tensor = image) -> None:
             image.permute(0, 2, 3, 1).contiguous()
 
+        tokens = torch.randn(shape.batch * shape.tokens, shape.channels,
+                             generator=generator).to(args.device)
+        weight = torch.randn(shape.channels, shape.channels, generator=generator).to(args.device)
+
+        def projection(tokens: Tensor = tokens, weight: Tensor = weight) -> None:
+            torch.mm(tokens, weight.t())
+
         attention_flops = 3 * 4 * shape.tokens**2 * shape.channels * shape.batch
-        timing = runner.time({"attention": attention, "transpose": transpose},
+        projection_flops = 2 * shape.batch * shape.tokens * shape.channels**2
+        timing = runner.time({"attention": attention, "transpose": transpose,
+                              "projection": projection},
                              attention_flops, rounds=max(1, sizes.rounds - 1))
         attention_s = timing.median("attention")
+        attention_rate = timing.fraction("attention")
+        projection_rate = timing.fraction("projection") * projection_flops / attention_flops
+        # If every FLOP outside the attention kernel ran at the projection GEMM's rate, the
+        # attention at its kernel's, and nothing else cost any time:
+        total_flops = 3 * composite_flops(shape.channels, shape.tokens, shape.text) * shape.batch
+        bound = total_flops / (
+            (total_flops - attention_flops) / projection_rate + attention_flops / attention_rate
+        )
         rows.append((
             shape.name, f"{shape.channels} x {shape.side} x {shape.side}", shape.batch,
             _ms(step_s), f"{100 * sys_share:.0f}%", f"{faulted / 2**20:,.0f}",
-            _pct(timing.fraction("attention")), f"{100 * attention_s / step_s:.0f}%",
+            _pct(attention_rate), f"{100 * attention_s / step_s:.0f}%",
             "none: used in place" if shape.tokens >= PER_SAMPLE_MIN_TOKENS
             else f"{100 * 4 * timing.median('transpose') / step_s:.0f}%",
+            _pct(projection_rate), _pct(bound),
         ))
         print(f"[composite] limits {shape.name}: sys {100 * sys_share:.0f}%, attention "
               f"{_pct(timing.fraction('attention'))} of ceiling")
@@ -634,6 +652,7 @@ def _limits_text(runner: Runner, args: BenchArgs, sizes: Sizes) -> str:
         "level", "C x H x W", "B", "valfusion fwd+bwd (ms)", "kernel (sys) share",
         "fresh pages per step (MiB)", "attention kernel alone, % ceil",
         "attention share of step", "NCHW <-> token transposes, share",
+        "projection GEMM alone, % ceil", "bound from the two kernels, % ceil",
     ]
     return markdown_table(headers, rows) + (
         "\nColumns: the step's CPU time (the run's clock) and the share of it spent in the "
@@ -644,7 +663,13 @@ def _limits_text(runner: Runner, args: BenchArgs, sizes: Sizes) -> str:
         "the step's; for maps under `PER_SAMPLE_MIN_TOKENS` positions, which the layer "
         "transposes to token-major memory (twice forward, twice backward), four times one "
         "`(B, C, H, W) -> (B, H, W, C)` copy over the step; larger NCHW maps are read and "
-        "written in place by per-sample GEMMs.\n"
+        "written in place by per-sample GEMMs; one `(B N, C) x (C, C)` matrix product (the "
+        "shape of the level's fusion and projection GEMMs) alone, its FLOP/s over the "
+        "ceiling; and the bound those two rates put on the whole step: the step's useful "
+        "FLOPs over the time they would take if every FLOP outside attention ran at the "
+        "projection GEMM's rate, the attention at its kernel's, and nothing else (norms, "
+        "gates, copies) took any time. A level whose bound is under 70% cannot meet the "
+        "70% target with these kernels.\n"
     )
 
 
@@ -780,4 +805,8 @@ def _targets(timings: dict, memory: dict[MemoryKey, int], sizes: Sizes) -> str:
     return (
         "## Targets (performance.md)\n\nMeasured: median over rounds [min, max] of the "
         "per-round values.\n\n" + markdown_table(["target", "measured", "status"], rows)
+        + "\nWhat limits a level's fraction of the ceiling (on the CPU) is measured in "
+        "`composite_limits.md`, from the same run: the attention kernel's and the projection "
+        "GEMM's own rates at the level's shapes, the bound they put on the step, and the "
+        "time lost to page faults and layout copies.\n"
     )

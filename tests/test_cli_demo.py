@@ -82,3 +82,11 @@ def test_demo_with_an_unknown_composer_is_a_usage_error(capsys, tmp_path):
         main(["demo", "--composers", "val", "nope", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "nope" in err
+
+
+def test_demo_help_names_the_default_composers(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), pytest.raises(SystemExit):
+        main(["demo", "--help"])
+    assert f"(default: {' '.join(DEMO_COMPOSERS)})" in " ".join(printed.getvalue().split())

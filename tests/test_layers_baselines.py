@@ -66,6 +66,52 @@ def test_tirg_matches_its_published_formula_on_pooled_vectors() -> None:
         torch.testing.assert_close(tirg(x, t), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_tirg_pooled_composes_the_spatial_mean_by_the_published_formula() -> None:
+    tirg = build_composer("tirg_pooled", C, D, hidden_channels=7).eval()
+    _randomise_batch_norm(tirg)
+    with torch.no_grad():
+        tirg.w_gate.fill_(0.8)
+        tirg.w_res.fill_(3.0)
+    image, t = torch.randn(2, C, 3, 4), torch.randn(2, D)
+    x = image.sum(dim=(2, 3)) / 12  # the mean over the 3 x 4 positions
+    merged = torch.cat([x, t], dim=1)
+    gate = _linear(torch.relu(_bn_eval(merged, tirg.gate[0])), tirg.gate[2])
+    hidden = torch.relu(_linear(torch.relu(_bn_eval(merged, tirg.residual[0])), tirg.residual[2]))
+    vector = 0.8 * torch.sigmoid(gate) * x + 3.0 * _linear(hidden, tirg.residual[4])
+    with torch.no_grad():
+        out = tirg(image, t)
+    assert out.shape == image.shape
+    for i in range(3):
+        for j in range(4):
+            torch.testing.assert_close(out[:, :, i, j], vector, rtol=1e-5, atol=1e-5)
+
+
+def test_tirg_pooled_sends_every_position_the_same_gradient() -> None:
+    tirg = build_composer("tirg_pooled", C, D).train()
+    image = torch.randn(3, C, 2, 5, requires_grad=True)
+    (tirg(image, torch.randn(3, D)) * torch.randn(3, C, 1, 1)).sum().backward()
+    grad = image.grad
+    assert grad is not None and grad.abs().sum() > 0
+    torch.testing.assert_close(grad, grad[:, :, :1, :1].expand_as(grad))
+
+
+def test_tirg_pool_option_is_validated() -> None:
+    with pytest.raises(ValueError, match="pool"):
+        TIRG(C, D, pool="yes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="always pools"):
+        build_composer("tirg_pooled", C, D, pool=False)
+
+
+def test_tirg_pooled_on_pooled_vectors_is_tirg() -> None:
+    torch.manual_seed(0)
+    pooled = build_composer("tirg_pooled", C, D).eval()
+    plain = TIRG(C, D).eval()
+    plain.load_state_dict(pooled.state_dict())
+    x, t = torch.randn(4, C), torch.randn(4, D)
+    with torch.no_grad():
+        assert torch.equal(pooled(x, t), plain(x, t))
+
+
 def test_tirg_weights_start_as_in_the_authors_code() -> None:
     tirg = TIRG(C, D)
     assert (tirg.w_gate.item(), tirg.w_res.item()) == (1.0, 10.0)
@@ -118,7 +164,7 @@ def test_text_only_ignores_the_image_values() -> None:
     assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("name", ["tirg", "concat", "image_only", "text_only"])
+@pytest.mark.parametrize("name", ["tirg", "tirg_pooled", "concat", "image_only", "text_only"])
 def test_baselines_return_no_attention_maps(name: str) -> None:
     composer = build_composer(name, C, D).eval()
     image, text = torch.randn(2, C, 3, 3), torch.randn(2, D)
@@ -132,6 +178,7 @@ def test_build_composer_builds_the_named_class() -> None:
         "val": CompositeTransformer,
         "val_official": CompositeTransformer,
         "tirg": TIRG,
+        "tirg_pooled": TIRG,
         "concat": ConcatFusion,
         "image_only": ImageOnly,
         "text_only": TextOnly,
@@ -139,6 +186,7 @@ def test_build_composer_builds_the_named_class() -> None:
     assert set(COMPOSERS) == set(expected)
     for name in COMPOSERS:
         assert type(build_composer(name, C, D, feature_size=(3, 3))) is expected[name]
+    assert build_composer("tirg_pooled", C, D).pool and not build_composer("tirg", C, D).pool
 
 
 def test_build_composer_passes_options_to_the_constructor() -> None:

@@ -451,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=_positive_int, default=None, help="training steps per composer (default: 500; 30 with --quick)")
     demo.add_argument(
         "--composers", nargs="+", choices=composers, default=None, metavar="NAME",
-        help=f"composers to compare, from {', '.join(composers)} (default: val tirg concat image_only text_only)",
+        help=f"composers to compare, from {', '.join(composers)} (default: val tirg tirg_pooled concat image_only text_only)",
     )
     demo.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of every run (default: 0)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")

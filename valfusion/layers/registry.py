@@ -13,7 +13,9 @@ from valfusion.layers.unimodal import ImageOnly, TextOnly
 
 __all__ = ["COMPOSERS", "build_composer"]
 
-COMPOSERS: tuple[str, ...] = ("val", "val_official", "tirg", "concat", "image_only", "text_only")
+COMPOSERS: tuple[str, ...] = (
+    "val", "val_official", "tirg", "tirg_pooled", "concat", "image_only", "text_only"
+)
 """Names accepted by :func:`build_composer` (and by ``VALConfig.composer``)."""
 
 _BUILDERS: dict[str, type[nn.Module]] = {
@@ -35,14 +37,16 @@ def build_composer(
 ) -> nn.Module:
     """Build a composer: ``composer(image_features, text_features, *, return_attention=False)``.
 
-    ``image_features`` ``(B, C, H, W)`` (``"tirg"``, ``"concat"``, ``"image_only"`` and
-    ``"text_only"`` also take pooled ``(B, C)``) and ``text_features`` ``(B, D)`` give an
-    output of ``image_features``' shape.
+    ``image_features`` ``(B, C, H, W)`` (``"tirg"``, ``"tirg_pooled"``, ``"concat"``,
+    ``"image_only"`` and ``"text_only"`` also take pooled ``(B, C)``) and ``text_features``
+    ``(B, D)`` give an output of ``image_features``' shape.
 
     Args:
         name: one of :data:`COMPOSERS`: ``"val"`` (:class:`CompositeTransformer`, paper
             configuration), ``"val_official"`` (:meth:`CompositeTransformer.official`),
-            ``"tirg"``, ``"concat"``, ``"image_only"``, ``"text_only"``.
+            ``"tirg"`` (:class:`TIRG` at every position of the map), ``"tirg_pooled"``
+            (:class:`TIRG` with ``pool=True``: on the map's spatial mean, the papers'
+            setting), ``"concat"``, ``"image_only"``, ``"text_only"``.
         image_channels: ``C``.
         text_channels: ``D``.
         feature_size: ``(H, W)`` of the feature map; required by ``"val_official"``
@@ -65,6 +69,10 @@ def build_composer(
                 f"kwargs: 'val_official' is a fixed configuration, got options {sorted(kwargs)}"
             )
         return CompositeTransformer.official(image_channels, text_channels, feature_size)
+    if name == "tirg_pooled":
+        if "pool" in kwargs:
+            raise ValueError("kwargs: 'tirg_pooled' always pools; use 'tirg' to choose `pool`")
+        return TIRG(image_channels, text_channels, pool=True, **kwargs)
     if name not in _BUILDERS:
         raise ValueError(f"name: expected one of {COMPOSERS}, got {name!r}")
     return _BUILDERS[name](image_channels, text_channels, **kwargs)

@@ -24,21 +24,36 @@ class TIRG(nn.Module):
     ``(B, C, H, W)`` map the same function is applied at every position (the text is
     tiled, the linear maps are 1x1 convs, batch norm pools over batch and positions).
 
+    With ``pool=True`` (the composer ``"tirg_pooled"``) a map is first averaged over its
+    positions, ``x = mean_{h,w} F[:, :, h, w]`` ``(B, C)``, as in the TIRG paper and in the
+    VAL paper's TIRG baseline; the composed ``(B, C)`` vector is returned broadcast over the
+    map's ``H x W`` positions (a view, no copy), so the output keeps the input's shape and
+    its spatial mean is the composed vector.
+
     Args:
         image_channels: ``C``.
         text_channels: ``D``.
         hidden_channels: inner width of ``f_res``; default ``C + D``.
+        pool: compose the map's spatial mean instead of every position.
 
     Raises:
-        ValueError: on a non-positive size.
+        ValueError: on a non-positive size or a non-boolean ``pool``.
     """
 
     def __init__(
-        self, image_channels: int, text_channels: int, hidden_channels: int | None = None
+        self,
+        image_channels: int,
+        text_channels: int,
+        hidden_channels: int | None = None,
+        *,
+        pool: bool = False,
     ) -> None:
         super().__init__()
         self.image_channels = check_positive_int(image_channels, "image_channels")
         self.text_channels = check_positive_int(text_channels, "text_channels")
+        if not isinstance(pool, bool):
+            raise ValueError(f"pool: expected True or False, got {pool!r}")
+        self.pool = pool
         merged = image_channels + text_channels
         hidden = merged if hidden_channels is None else hidden_channels
         check_positive_int(hidden, "hidden_channels")
@@ -55,6 +70,10 @@ class TIRG(nn.Module):
         self.w_gate = nn.Parameter(torch.tensor(1.0))
         self.w_res = nn.Parameter(torch.tensor(10.0))
 
+    def extra_repr(self) -> str:
+        return f"image_channels={self.image_channels}, text_channels={self.text_channels}, " \
+            f"pool={self.pool}"
+
     def forward(
         self, image_features: Tensor, text_features: Tensor, *, return_attention: bool = False
     ) -> Tensor | tuple[Tensor, CompositeAttention | None]:
@@ -66,7 +85,8 @@ class TIRG(nn.Module):
             return_attention: return ``(output, None)`` (the composer signature).
 
         Returns:
-            The composed features, same shape as ``image_features``.
+            The composed features, same shape as ``image_features`` (with ``pool=True`` and
+            a map: the composed vector broadcast over the positions).
 
         Raises:
             ValueError: on a wrong rank, channel count, text width, dtype or batch size.
@@ -79,7 +99,12 @@ class TIRG(nn.Module):
             allow_pooled=True,
         )
         pooled = image_features.dim() == 2
-        x = rearrange(image_features, "b c -> b c 1 1") if pooled else image_features
+        if pooled:
+            x = rearrange(image_features, "b c -> b c 1 1")
+        elif self.pool:
+            x = image_features.mean(dim=(2, 3), keepdim=True)
+        else:
+            x = image_features
         tiled = repeat(text_features, "b d -> b d h w", h=x.shape[2], w=x.shape[3])
         merged = torch.cat([x, tiled], dim=1)
         out = self.w_gate * torch.sigmoid(self.gate(merged)) * x + self.w_res * self.residual(
@@ -87,4 +112,6 @@ class TIRG(nn.Module):
         )
         if pooled:
             out = rearrange(out, "b c 1 1 -> b c")
+        elif self.pool:
+            out = out.expand_as(image_features)
         return (out, None) if return_attention else out
