@@ -7,19 +7,25 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 import valfusion
 
 INIT = Path(valfusion.__file__)
 
 
 def test_issue_named_layers_import_from_the_top() -> None:
-    from valfusion import (  # noqa: F401
+    from valfusion import (
         TIRG,
         CompositeTransformer,
         ConcatFusion,
         JointAttentionalPreservation,
         SelfAttentionalTransformation,
     )
+
+    for layer in (TIRG, CompositeTransformer, ConcatFusion, JointAttentionalPreservation,
+                  SelfAttentionalTransformation):
+        assert issubclass(layer, torch.nn.Module), layer
 
 
 def test_every_name_in_all_resolves_to_its_subpackage_object() -> None:

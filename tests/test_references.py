@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from benchmarks.references import (
     MultiheadAttentionPortComposite,
@@ -281,26 +282,31 @@ def test_reference_gives_the_layers_output_and_gradients_on_a_large_map(
     torch.testing.assert_close(got[6], expected[5])  # w_ja
 
 
+class _RecordCopies(TorchDispatchMode):
+    """Record every clone/copy_ whose source has ``size`` elements (a re-layout of a map)."""
+
+    def __init__(self, size: int, copies: list[str]) -> None:
+        super().__init__()
+        self.size, self.copies = size, copies
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        source = args[1] if func.overloadpacket is torch.ops.aten.copy_ else args[0]
+        relayout = func.overloadpacket in (torch.ops.aten.clone, torch.ops.aten.copy_)
+        # A broadcast source (a zero stride) is a fill, not a transpose.
+        if relayout and source.numel() == self.size and 0 not in source.stride():
+            self.copies.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
 def test_large_nchw_map_is_never_transposed_forward_or_backward() -> None:
     # From PER_SAMPLE_MIN_TOKENS positions on, an NCHW map is read and written in place:
     # no op copies a (B, C, H, W)-sized tensor into another buffer, in either pass.
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     copies: list[str] = []
     size = 2 * CHANNELS * LARGE * LARGE
 
-    class RecordCopies(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-            source = args[1] if func.overloadpacket is torch.ops.aten.copy_ else args[0]
-            relayout = func.overloadpacket in (torch.ops.aten.clone, torch.ops.aten.copy_)
-            # A broadcast source (a zero stride) is a fill, not a transpose.
-            if relayout and source.numel() == size and 0 not in source.stride():
-                copies.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     layer = _layer("paper").train()
     image, text = _large_inputs(torch.float32)
-    with RecordCopies():
+    with _RecordCopies(size, copies):
         out = layer(image, text)
         out.backward(torch.randn_like(out))
     assert out.is_contiguous()
@@ -309,23 +315,12 @@ def test_large_nchw_map_is_never_transposed_forward_or_backward() -> None:
 
 def test_small_nchw_map_is_transposed_once_each_way() -> None:
     # Guards the test above: the detector does see the transposes of the small-map path.
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     copies: list[str] = []
     size = BATCH * CHANNELS * HEIGHT * WIDTH
 
-    class RecordCopies(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
-            source = args[1] if func.overloadpacket is torch.ops.aten.copy_ else args[0]
-            relayout = func.overloadpacket in (torch.ops.aten.clone, torch.ops.aten.copy_)
-            # A broadcast source (a zero stride) is a fill, not a transpose.
-            if relayout and source.numel() == size and 0 not in source.stride():
-                copies.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     layer = _layer("paper").train()
     image, text = _inputs()
-    with RecordCopies():
+    with _RecordCopies(size, copies):
         out = layer(image, text)
         out.backward(torch.randn_like(out))
     assert len(copies) >= 2
