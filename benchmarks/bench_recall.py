@@ -450,8 +450,9 @@ def _report(args: BenchArgs, sizes: Sizes, rounds: int, recalls: dict[str, dict[
          "peak / block", "time (s)"], mem_rows)
     text += (
         "\nWorking memory follows the chunk size, not the number of queries: one score block, "
-        "the counting passes' two masks of at most 32 MiB each (and, when fewer than half of a "
-        "chunk's rows need counting, one gathered block of those rows, at most 32 MiB), plus "
+        "the counting passes' two masks of about 1 MiB each, or of one gallery row each when a "
+        "row is larger (and, when fewer than half of a chunk's rows need counting, one gathered "
+        "block of those rows, of the same size), plus "
         "top-K workspace and allocator slack. No `Q x G` matrix and no `G x D` copy of the "
         "gallery is made.\n"
     )

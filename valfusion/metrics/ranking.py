@@ -35,11 +35,13 @@ SIMILARITIES = ("cosine", "dot", "euclidean")
 
 # Sums of 0/1 in float32 are exact integers below 2**24; larger galleries count in float64.
 _EXACT_FLOAT32_COUNT = 2**24
-# Elements per row block of the counting passes (32 MiB of float32). Smaller blocks would
-# keep the second pass in cache, but on a shared, oversubscribed machine every
-# multi-threaded op pays a fixed wait for descheduled OpenMP threads, so fewer, larger
-# ops win there (measured in benchmarks/bench_recall.py).
-_BLOCK_ELEMENTS = 1 << 23
+# Elements per row block of the counting passes (1 MiB of float32). The two masks of a
+# block (2 MiB) stay in a core's L2 cache between the comparisons and the sum, and stay
+# under glibc's mmap threshold, so they are not zero-filled afresh by the kernel on every
+# call. Against 32 MiB blocks this took the worst case of benchmarks/bench_recall.py
+# (random queries, every row counted, 1 thread) from about 1.35x to about 1.25x the
+# GEMM + top-K ceiling (A/B in alternating rounds, session 11).
+_BLOCK_ELEMENTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -175,8 +177,8 @@ def rank_of(scores: Tensor, score: Tensor, index: Tensor, rows: Tensor | None = 
     ``rank = #{i : s_i > s} + #{i < index : s_i = s}``: per row, the counts of scores
     greater than and equal to ``s`` (no sort); the index-dependent tie term is evaluated
     only for the rare rows where another item has exactly the score ``s``. Rows go in
-    blocks of about 32 MiB whose 0/1 masks land in one reusable buffer (two masks, 64 MiB
-    at most), so nothing of size ``(C, G)`` is allocated.
+    blocks of about 1 MiB (one row when a row is larger) whose 0/1 masks land in one
+    reusable buffer of two blocks, so nothing of size ``(C, G)`` is allocated.
 
     Args:
         scores: ``(C, G)`` (not modified).

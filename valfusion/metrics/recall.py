@@ -121,7 +121,7 @@ def recall_at_k(
     gallery index, lower first; ranks are computed on the scores as computed in floating
     point. The queries are processed ``chunk_size`` at a time: per chunk one GEMM, a
     top-K and two counting passes, so the working memory is one ``chunk_size x G`` float32
-    score block plus about 12 MiB, never ``Q x G``; no ``(G, D)`` copy of the gallery is
+    score block plus a few MiB, never ``Q x G``; no ``(G, D)`` copy of the gallery is
     made.
 
     Args:
