@@ -300,6 +300,69 @@ def run_peak_rss_child(factory: str, workloads: Sequence[Mapping[str, Any]],
     return [int(v) for v in json.loads(done.stdout.strip().splitlines()[-1])]
 
 
+#: glibc settings under which a training step faults in no fresh memory: no tensor is served
+#: by its own ``mmap`` (threshold 4 GiB) and freed heap memory is kept (trim threshold
+#: 16 GiB), so every step reuses the pages of the one before. The price: the process keeps
+#: its peak memory resident.
+NO_FAULT_MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**34)}
+
+
+def run_timed_child(factory: str, workloads: Sequence[Mapping[str, Any]], threads: int = 1,
+                    malloc_env: Mapping[str, str] | None = None, min_run_time: float = 1.0,
+                    gemm_n: int = 2048) -> list[dict[str, float]]:
+    """Time one call of each workload in a fresh subprocess under given glibc malloc settings.
+
+    glibc reads its ``MALLOC_*`` variables once, when the process starts, so comparing
+    allocator settings takes one process per setting. The child removes every ``MALLOC_*``
+    variable and ``GLIBC_TUNABLES`` of the parent's environment and sets ``malloc_env``
+    (None or empty: glibc's defaults). For each workload it calls ``factory(**workload)`` (``"package.module:function"``,
+    as :func:`run_peak_rss_child`) to get a zero-argument ``step``, runs it once to warm up,
+    times it with ``torch.utils.benchmark`` (``blocked_autorange`` median; process CPU
+    time for one thread, else wall time, as :func:`make_clock`), then runs it once more
+    under ``getrusage``. It also times the ceiling GEMM
+    (``gemm_n^3`` fp32 ``torch.mm``) at the end.
+
+    Returns:
+        One dict per workload: ``seconds`` (median seconds per step), ``sys_seconds``
+        (kernel time of the extra step), ``faulted_bytes`` (minor faults x page size of the
+        extra step) and ``gemm_flops`` (the child's ceiling, FLOP/s).
+    """
+    module, _, function = factory.partition(":")
+    code = (
+        "import json, sys, time, timeit, resource, torch\n"
+        "from benchmarks import _harness as h\n"
+        f"clock = time.process_time if {int(threads)} == 1 else timeit.default_timer\n"
+        f"torch.set_num_threads({int(threads)})\n"
+        f"from {module} import {function} as factory\n"
+        "out = []\n"
+        "for workload in json.loads(sys.argv[1]):\n"
+        "    step = factory(**workload)\n"
+        f"    seconds = h.time_fn(step, {float(min_run_time)!r}, timer=clock)\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "    step()\n"
+        "    after = resource.getrusage(resource.RUSAGE_SELF)\n"
+        "    out.append(dict(seconds=seconds, sys_seconds=after.ru_stime - before.ru_stime,\n"
+        "                    faulted_bytes=(after.ru_minflt - before.ru_minflt)\n"
+        "                    * resource.getpagesize()))\n"
+        "    del step\n"
+        f"gemm = h.gemm_flops_per_second(n={int(gemm_n)}, min_run_time={float(min_run_time)!r},\n"
+        "                                timer=clock)\n"
+        "for row in out: row['gemm_flops'] = gemm\n"
+        "print(json.dumps(out))\n"
+    )
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
+    env.update(malloc_env or {})
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    payload = json.dumps([dict(w) for w in workloads])
+    done = subprocess.run([sys.executable, "-c", code, payload], env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"timing subprocess for {factory} failed:\n{done.stderr}")
+    return [dict(row) for row in json.loads(done.stdout.strip().splitlines()[-1])]
+
+
 # ---------------------------------------------------------------- output
 
 

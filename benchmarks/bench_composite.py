@@ -18,7 +18,9 @@ Measured (``python -m benchmarks composite [--device cuda] [--dtype bf16] [--tin
   on free, so every large temporary is zero-filled by the kernel again on every step),
   the fraction of the ceiling that the fused attention kernel reaches on its own at the
   level's shapes and its share of the step, and the cost of the NCHW <-> token-major
-  transposes where the layer makes them (maps under ``PER_SAMPLE_MIN_TOKENS`` positions).
+  transposes where the layer makes them (maps under ``PER_SAMPLE_MIN_TOKENS`` positions);
+  then the same step in subprocesses under glibc's defaults and under
+  ``_harness.NO_FAULT_MALLOC_ENV`` (no fresh pages per step), side by side.
 
 Implementations, all computing the same function from the same weights (checked before
 timing; ``tests/test_references.py`` checks it too):
@@ -71,6 +73,7 @@ from torch import Tensor, nn
 
 from benchmarks._harness import (
     DTYPES,
+    NO_FAULT_MALLOC_ENV,
     BenchArgs,
     allocator_note,
     ceiling_gemm_size,
@@ -83,6 +86,7 @@ from benchmarks._harness import (
     num_threads,
     resolve_threads,
     run_peak_rss_child,
+    run_timed_child,
     selected_sections,
     write_result,
 )
@@ -673,6 +677,72 @@ def _limits_text(runner: Runner, args: BenchArgs, sizes: Sizes) -> str:
     )
 
 
+def _allocator_text(args: BenchArgs, sizes: Sizes, threads: int) -> str:
+    """valfusion's fwd+bwd per level under glibc's defaults and without page faults (CPU)."""
+    settings = {"glibc defaults": {}, "no fresh pages": NO_FAULT_MALLOC_ENV}
+    workloads = [
+        dict(impl=OURS, channels=s.channels, side=s.side, batch=s.batch, text=s.text)
+        for s in sizes.levels
+    ]
+    rounds = 1 if sizes.rounds == 1 else sizes.rounds + 1
+    runs: dict[str, list[list[dict[str, float]]]] = {name: [] for name in settings}
+    for r in range(rounds):
+        # Alternate the settings, the first one changing from round to round.
+        order = list(settings) if r % 2 == 0 else list(settings)[::-1]
+        for name in order:
+            runs[name].append(run_timed_child(
+                "benchmarks.bench_composite:memory_workload", workloads, threads,
+                settings[name], args.min_run_time, sizes.gemm_n,
+            ))
+    rows = []
+    for i, shape in enumerate(sizes.levels):
+        flops = 3 * composite_flops(shape.channels, shape.tokens, shape.text) * shape.batch
+
+        def per_round(name: str, key: str, i: int = i) -> list[float]:
+            return [rnd[i][key] for rnd in runs[name]]
+
+        def best_fraction(name: str, i: int = i, flops: float = flops) -> float:
+            # The fastest round's step against the best ceiling of that setting's rounds.
+            best_gemm = max(rnd[i]["gemm_flops"] for rnd in runs[name])
+            return flops / min(per_round(name, "seconds")) / best_gemm
+
+        default, tuned = (per_round(n, "seconds") for n in settings)
+        rows.append((
+            shape.name, f"{shape.channels} x {shape.side} x {shape.side}", shape.batch,
+            _ms(min(default)), _ms(min(tuned)), f"{min(default) / min(tuned):.2f}",
+            _spread([d / t for d, t in zip(default, tuned, strict=True)]),
+            f"{statistics.median(per_round('glibc defaults', 'faulted_bytes')) / 2**20:,.0f}",
+            f"{statistics.median(per_round('no fresh pages', 'faulted_bytes')) / 2**20:,.0f}",
+            _pct(best_fraction("glibc defaults")), _pct(best_fraction("no fresh pages")),
+        ))
+        print(f"[composite] allocator {shape.name}: best {_ms(min(default)):.0f} ms "
+              f"-> {_ms(min(tuned)):.0f} ms")
+    env = " ".join(f"`{k}={v}`" for k, v in NO_FAULT_MALLOC_ENV.items())
+    headers = [
+        "level", "C x H x W", "B", "glibc defaults, best (ms)", "no fresh pages, best (ms)",
+        "speed-up (best / best)", "speed-up per round, median [min, max]",
+        "fresh pages per step, defaults (MiB)", "fresh pages per step, no fresh pages (MiB)",
+        "defaults, % ceil (best)", "no fresh pages, % ceil (best)",
+    ]
+    return (
+        "\n## The allocator: the same step without page faults\n\n"
+        + markdown_table(headers, rows)
+        + f"\nEach setting runs in its own subprocess (glibc reads its variables at start), "
+        f"{rounds} round(s) alternating between the two; each child times valfusion's "
+        "fwd+bwd at every level (blocked_autorange median; CPU time for one thread) and "
+        f"its own {sizes.gemm_n}^3 GEMM ceiling. The run-to-run spread of this machine is "
+        "larger than the effect, so the first figures are the fastest round of each setting "
+        "(load from other jobs only ever adds time) and the spread of the per-round ratios "
+        "follows. \"glibc defaults\": no `MALLOC_*` variable. \"no fresh pages\": "
+        f"{env}, so that no tensor gets its own `mmap` and freed memory stays in the heap: "
+        "each step reuses the pages of the one before instead of having the kernel "
+        "zero-fill new ones. The layer is the same; this is a setting of the process that "
+        "runs it (the price: the process keeps its peak memory resident), which users "
+        "training on CPU can set too (`docs/how-to/benchmarks.md`). The targets "
+        "(`composite.md`) are judged under glibc's defaults.\n"
+    )
+
+
 def _plot(series: dict[str, list[tuple]], shape: Shape, args: BenchArgs) -> None:
     if not args.write:
         return
@@ -773,6 +843,7 @@ def _run(args: BenchArgs, threads: int) -> None:
         limits = environment_header("Composite transformer: what limits valfusion's speed",
                                     device=args.device)
         limits += method + _limits_text(runner, args, sizes)
+        limits += _allocator_text(args, sizes, threads)
         write_result("composite_limits.md", limits, args)
 
 

@@ -9,10 +9,12 @@ import torch
 
 from benchmarks._harness import (
     CUDA_GEMM_N,
+    NO_FAULT_MALLOC_ENV,
     BenchArgs,
     ceiling_gemm_size,
     environment_header,
     make_clock,
+    run_timed_child,
 )
 
 
@@ -47,3 +49,33 @@ def test_ceiling_gemm_is_larger_on_a_gpu_and_small_when_tiny() -> None:
 def test_header_shows_python_m_benchmarks_rather_than_the_script_path() -> None:
     header = environment_header("T", argv=["/x/benchmarks/__main__.py", "composite", "--tiny"])
     assert "- command: `python -m benchmarks composite --tiny`" in header
+
+
+_FRESH_TENSOR_FACTORY = """
+import torch
+
+def fresh_tensor_step(mib):
+    def step():
+        torch.empty(mib * 2**18).fill_(1.0)  # mib MiB of float32, written once
+    return step
+"""
+
+
+def test_timed_child_applies_its_own_malloc_settings(tmp_path, monkeypatch) -> None:
+    # A 64 MiB tensor per step is above glibc's largest dynamic mmap threshold (32 MiB), so
+    # under the defaults every step maps and zero-fills it afresh; with the no-fault
+    # settings the second step reuses the heap pages of the first. The parent's own
+    # MALLOC_* variables must not leak into the child.
+    (tmp_path / "fresh_factory.py").write_text(_FRESH_TENSOR_FACTORY)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", str(2**32))
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", str(2**34))
+    mib = 64
+    kwargs = dict(workloads=[{"mib": mib}], min_run_time=0.01, gemm_n=64)
+    (default,) = run_timed_child("fresh_factory:fresh_tensor_step", malloc_env=None, **kwargs)
+    (tuned,) = run_timed_child("fresh_factory:fresh_tensor_step", malloc_env=NO_FAULT_MALLOC_ENV,
+                               **kwargs)
+    assert default["faulted_bytes"] >= 0.9 * mib * 2**20
+    assert tuned["faulted_bytes"] < 4 * 2**20
+    for row in (default, tuned):
+        assert row["seconds"] > 0 and row["gemm_flops"] > 0
