@@ -873,11 +873,30 @@ def _targets(timings: dict, memory: dict[MemoryKey, int], sizes: Sizes) -> str:
         (f"peak memory of fwd+bwd at N = {sizes.high_res.tokens}, <= 30% of ref 1's",
          f"{100 * mem:.0f}%", verdict(mem <= 0.30)),
     ]
+    # A ratio to a reference is the fraction of the ceiling seen from the other side: what
+    # fraction valfusion would need, summed over the levels, for the reference's measured
+    # time to be `factor` times its own.
+    level_timings = [timings[("fwd+bwd", n)] for n in names]
+    total_flops = sum(t.flops for t in level_timings)
+    ceiling = statistics.median(t.ceiling[0] for t in level_timings)
+    ours_s = sum(t.median(OURS) for t in level_timings)
+    needs = []
+    for ref, factor in ((REF1, 1.5), (REF2, 2.0)):
+        ref_s = sum(t.median(ref) for t in level_timings)
+        needs.append(
+            f"{factor:g}x against {ref} needs the three levels in {_ms(ref_s / factor):,.0f} ms "
+            f"({100 * total_flops / (ref_s / factor) / ceiling:.0f}% of the ceiling)"
+        )
     return (
         "## Targets (performance.md)\n\nMeasured: median over rounds [min, max] of the "
         "per-round values.\n\n" + markdown_table(["target", "measured", "status"], rows)
         + "\nWhat limits a level's fraction of the ceiling (on the CPU) is measured in "
         "`composite_limits.md`, from the same run: the attention kernel's and the projection "
         "GEMM's own rates at the level's shapes, the bound they put on the step, and the "
-        "time lost to page faults and layout copies.\n"
+        "time lost to page faults and layout copies. The ratios to the references are "
+        "limited by the same: at the references' measured times (medians), "
+        + "; ".join(needs)
+        + f", against {_ms(ours_s):,.0f} ms ({100 * total_flops / ours_s / ceiling:.0f}%) "
+        "measured (fractions: the levels' useful fwd+bwd FLOPs over the time, at the "
+        "median of the levels' ceilings).\n"
     )
