@@ -288,16 +288,30 @@ def run_peak_rss_child(factory: str, workloads: Sequence[Mapping[str, Any]],
     )
     # The child's own allocator settings, whatever the parent runs under (a parent with
     # mmap disabled, say, would keep freed memory resident and hide the peak).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    env["MALLOC_MMAP_THRESHOLD_"] = "65536"
+    peaks = _run_child(code, workloads, {"MALLOC_MMAP_THRESHOLD_": "65536"},
+                       f"memory subprocess for {factory}")
+    return [int(v) for v in peaks]
+
+
+def _run_child(code: str, workloads: Sequence[Mapping[str, Any]], malloc_env: Mapping[str, str],
+               what: str) -> list[Any]:
+    """Run ``code`` in a fresh Python with the workloads as JSON in ``argv[1]``.
+
+    The child gets the parent's environment without its glibc allocator variables
+    (``MALLOC_*``, ``GLIBC_TUNABLES``), plus ``malloc_env``, and the repository root on
+    ``PYTHONPATH``. Returns the JSON list the child prints on its last line.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
+    env.update(malloc_env)
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     payload = json.dumps([dict(w) for w in workloads])
     done = subprocess.run([sys.executable, "-c", code, payload], env=env,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"memory subprocess for {factory} failed:\n{done.stderr}")
-    return [int(v) for v in json.loads(done.stdout.strip().splitlines()[-1])]
+        raise RuntimeError(f"{what} failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 #: glibc settings under which a training step faults in no fresh memory: no tensor is served
@@ -315,12 +329,13 @@ def run_timed_child(factory: str, workloads: Sequence[Mapping[str, Any]], thread
     glibc reads its ``MALLOC_*`` variables once, when the process starts, so comparing
     allocator settings takes one process per setting. The child removes every ``MALLOC_*``
     variable and ``GLIBC_TUNABLES`` of the parent's environment and sets ``malloc_env``
-    (None or empty: glibc's defaults). For each workload it calls ``factory(**workload)`` (``"package.module:function"``,
-    as :func:`run_peak_rss_child`) to get a zero-argument ``step``, runs it once to warm up,
+    (None or empty: glibc's defaults). For each workload it calls ``factory(**workload)``
+    (``"package.module:function"``, as :func:`run_peak_rss_child`) to get a zero-argument
+    ``step``, runs it once to warm up,
     times it with ``torch.utils.benchmark`` (``blocked_autorange`` median; process CPU
     time for one thread, else wall time, as :func:`make_clock`), then runs it once more
-    under ``getrusage``. It also times the ceiling GEMM
-    (``gemm_n^3`` fp32 ``torch.mm``) at the end.
+    under ``getrusage``. It also times the ceiling GEMM (``gemm_n^3`` fp32 ``torch.mm``)
+    at the end.
 
     Returns:
         One dict per workload: ``seconds`` (median seconds per step), ``sys_seconds``
@@ -350,17 +365,8 @@ def run_timed_child(factory: str, workloads: Sequence[Mapping[str, Any]], thread
         "for row in out: row['gemm_flops'] = gemm\n"
         "print(json.dumps(out))\n"
     )
-    env = {k: v for k, v in os.environ.items()
-           if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
-    env.update(malloc_env or {})
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    payload = json.dumps([dict(w) for w in workloads])
-    done = subprocess.run([sys.executable, "-c", code, payload], env=env,
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"timing subprocess for {factory} failed:\n{done.stderr}")
-    return [dict(row) for row in json.loads(done.stdout.strip().splitlines()[-1])]
+    rows = _run_child(code, workloads, malloc_env or {}, f"timing subprocess for {factory}")
+    return [dict(row) for row in rows]
 
 
 # ---------------------------------------------------------------- output
