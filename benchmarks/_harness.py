@@ -16,7 +16,6 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import timeit
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -26,6 +25,8 @@ from typing import Any
 
 import torch
 from torch.utils import benchmark as tbench
+
+from valfusion._io import atomic_write
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -418,11 +419,6 @@ def write_result(name: str, text: str, args: BenchArgs) -> Path | None:
     if not args.write:
         return None
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    path = args.out_dir / name
-    fd, tmp = tempfile.mkstemp(dir=args.out_dir, prefix=f".{name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; results are meant to be read by others
-    os.replace(tmp, path)
+    path = atomic_write(args.out_dir / name, lambda handle: handle.write(text.encode("utf-8")))
     print(f"wrote {path}")
     return path

@@ -89,3 +89,117 @@ def test_failure_after_the_new_bytes_are_written_keeps_the_old_file(tmp_path, mo
     monkeypatch.undo()
     assert json.loads(path.read_text()) == {"recall@1": 0.5}
     assert [p.name for p in tmp_path.iterdir()] == ["metrics.json"]
+
+
+@pytest.fixture
+def umask():
+    """Set the process umask for one test, restoring the previous one after."""
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_written_files_get_the_mode_open_would_give_under_the_umask(tmp_path, umask, mask):
+    umask(mask)
+    with open(tmp_path / "reference.txt", "w") as handle:  # what a plain open() gives
+        handle.write("x")
+    expected = (tmp_path / "reference.txt").stat().st_mode & 0o777
+    assert expected == 0o666 & ~mask
+    for path in (
+        atomic_write_text(tmp_path / "a.txt", "x"),
+        atomic_write_json(tmp_path / "a.json", {"x": 1}),
+        atomic_write_torch(tmp_path / "a.pt", {"w": torch.ones(2)}),
+        atomic_write_bytes(tmp_path / "a.bin", b"x"),
+    ):
+        assert path.stat().st_mode & 0o777 == expected, path.name
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_vocabulary_and_saved_model_files_are_readable_by_others_under_umask_022(tmp_path, umask):
+    from valfusion import VAL, VALConfig
+    from valfusion.encoders import Vocabulary
+
+    umask(0o022)
+    vocabulary = Vocabulary.build(["make it red", "shorter sleeves"])
+    model = VAL(VALConfig(image_size=32, backbone_channels=(8, 16, 32), embedding_dim=16,
+                          text_dim=16, word_dim=8), vocabulary=vocabulary)
+    folder = model.save_pretrained(tmp_path / "run")
+    files = sorted(p for p in folder.iterdir() if p.is_file())
+    assert files, "save_pretrained wrote nothing"
+    assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o644 for p in files}
+
+
+def test_every_write_is_fsynced_before_the_rename(tmp_path, monkeypatch):
+    synced, real_fsync = [], os.fsync
+    renamed = []
+    real_replace = os.replace
+
+    def fsync(fd):
+        synced.append(fd)
+        real_fsync(fd)
+
+    def replace(src, dst):
+        renamed.append((len(synced), str(dst)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    atomic_write_text(tmp_path / "a.txt", "x")
+    assert renamed == [(1, str(tmp_path / "a.txt"))]  # the data was synced before the rename
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    from valfusion.engine.io import remove_stale_temporaries
+
+    keep = [tmp_path / "model.pt", tmp_path / ".hidden.tmp", tmp_path / "notes.0123456789abcdef.tmp"]
+    for path in keep:
+        path.write_text("keep")
+    stale = [tmp_path / ".model.pt.0123456789abcdef.tmp", tmp_path / ".metrics.json.fedcba9876543210.tmp"]
+    for path in stale:
+        path.write_text("half")
+    removed = remove_stale_temporaries(tmp_path)
+    assert removed == sorted(stale)
+    assert sorted(tmp_path.iterdir()) == sorted(keep)
+    assert remove_stale_temporaries(tmp_path / "missing") == []
+
+
+@pytest.mark.skipif(not hasattr(os, "kill") or os.name != "posix", reason="SIGKILL")
+def test_a_write_killed_mid_way_leaves_a_temporary_that_cleanup_removes(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, sys\n"
+        "from valfusion._io import atomic_write\n"
+        "def write(handle):\n"
+        "    handle.write(b'half')\n"
+        "    handle.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "atomic_write(sys.argv[1], write)\n"
+    )
+    (tmp_path / "model.pt").write_bytes(b"old")
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "model.pt")], check=False)
+    assert done.returncode == -9
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "model.pt"]
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".model.pt.")
+    assert (tmp_path / "model.pt").read_bytes() == b"old"
+
+    from valfusion.engine.io import remove_stale_temporaries
+
+    assert remove_stale_temporaries(tmp_path) == leftovers
+    assert [p.name for p in tmp_path.iterdir()] == ["model.pt"]
+
+
+def test_the_package_has_one_atomic_writer():
+    import pathlib
+
+    import valfusion
+
+    root = pathlib.Path(valfusion.__file__).parent
+    sources = [*root.rglob("*.py"), *(root.parent / "benchmarks").rglob("*.py")]
+    writers = [p.relative_to(root.parent).as_posix() for p in sources
+               if any(call in p.read_text() for call in ("os.replace(", "mkstemp(", "NamedTemporaryFile("))]
+    assert writers == ["valfusion/_io.py"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from valfusion._io import atomic_write
 from valfusion._validation import check_int_tensor, check_ndim, check_same_batch, fmt_shape
 
 __all__ = ["EncodedTexts", "Vocabulary", "tokenize"]
@@ -319,24 +319,14 @@ class Vocabulary:
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the vocabulary as JSON, atomically.
 
-        The JSON goes to a temporary file in the same directory that then replaces
-        ``path`` (``os.replace``), so a crash never leaves a half-written file.
+        Written through the package's atomic writer (a temporary sibling, ``fsync``, then
+        ``os.replace``), so a crash never leaves a half-written file.
 
         Args:
             path: Destination file; its directory must exist.
         """
-        path = Path(path)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.to_dict(), handle, ensure_ascii=False, indent=0)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        text = json.dumps(self.to_dict(), ensure_ascii=False, indent=0) + "\n"
+        atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Vocabulary:

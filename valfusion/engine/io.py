@@ -1,40 +1,33 @@
 """Atomic file writes: a reader (or a crash) never sees a truncated results or checkpoint file.
 
-Each writer serialises into a temporary file in the destination's folder, flushes it to
-disk, then ``os.replace``s it over the destination. ``os.replace`` is atomic on POSIX and
-Windows when both paths are on one file system, which a sibling temporary file guarantees.
-If anything fails before the rename, the temporary file is removed and the previous
-version of the destination is left untouched.
+These are typed conveniences over the package's one writer, :func:`valfusion._io.atomic_write`:
+the bytes go to a temporary sibling ``.NAME.<random>.tmp`` (created with the user's
+umask, as ``open`` would), which is flushed, ``fsync``-ed and then ``os.replace``-d over
+the destination; the folder is ``fsync``-ed after the rename. If anything fails before
+the rename, the temporary file is removed and the previous version of the destination is
+left untouched. :func:`remove_stale_temporaries` removes the temporaries a killed
+process left behind.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 
-__all__ = ["atomic_write_bytes", "atomic_write_json", "atomic_write_text", "atomic_write_torch"]
+from valfusion._io import atomic_write as _atomic_write
+from valfusion._io import remove_stale_temporaries
 
-
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> Path:
-    destination = Path(path)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, destination)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return destination
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "atomic_write_torch",
+    "remove_stale_temporaries",
+]
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -13,18 +13,18 @@ import json
 import math
 import operator
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from einops import reduce
 from torch import Tensor, nn
 
+from valfusion._io import atomic_write
 from valfusion._validation import (
     check_floating,
     check_int_tensor,
@@ -263,18 +263,6 @@ def _evaluation_mode(module: nn.Module) -> Iterator[None]:
     finally:
         for m, mode in modes:
             m.training = mode
-
-
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Write through a temporary file in the same directory, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _build_backbone(config: VALConfig) -> FeaturePyramid:
@@ -882,13 +870,13 @@ class VAL(nn.Module):
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         config = (json.dumps(self.config.to_dict(), indent=2) + "\n").encode()
-        _atomic_write(path / CONFIG_FILE, lambda f: f.write(config))
+        atomic_write(path / CONFIG_FILE, lambda f: f.write(config))
         if self.vocabulary is not None:
             self.vocabulary.save(path / VOCABULARY_FILE)
         else:
             (path / VOCABULARY_FILE).unlink(missing_ok=True)
         state = {name: value.detach().cpu() for name, value in self.state_dict().items()}
-        _atomic_write(path / WEIGHTS_FILE, lambda f: torch.save(state, f))
+        atomic_write(path / WEIGHTS_FILE, lambda f: torch.save(state, f))
         return path
 
     @classmethod
