@@ -123,9 +123,10 @@ def test_vocabulary_and_saved_model_files_are_readable_by_others_under_umask_022
     from valfusion.encoders import Vocabulary
 
     umask(0o022)
-    vocabulary = Vocabulary.build(["make it red", "shorter sleeves"])
-    model = VAL(VALConfig(image_size=32, backbone_channels=(8, 16, 32), embedding_dim=16,
-                          text_dim=16, word_dim=8), vocabulary=vocabulary)
+    vocabulary = Vocabulary.from_texts(["make it red", "shorter sleeves"])
+    config = VALConfig(vocab_size=len(vocabulary), image_size=32, backbone_channels=(8, 16, 32),
+                       word_dim=8, text_hidden_dim=16, text_dim=16)
+    model = VAL(config, vocabulary=vocabulary)
     folder = model.save_pretrained(tmp_path / "run")
     files = sorted(p for p in folder.iterdir() if p.is_file())
     assert files, "save_pretrained wrote nothing"
