@@ -85,18 +85,48 @@ def test_image_embedding_is_pooled_torchvision_resnet50_stages_2_to_4(resnet_and
 
 
 def test_resnet50_model_trains_end_to_end():
-    model = VAL(resnet50_config(semantic_dim=8), vocabulary=VOCAB)
+    # float64, so that gradients that vanish in exact arithmetic are separated from real
+    # ones by many orders of magnitude on any CPU (float32 rounding decides whether they
+    # come out as 0 or as ~1e-7 depending on the machine's kernels).
+    torch.manual_seed(0)
+    model = VAL(resnet50_config(semantic_dim=8), vocabulary=VOCAB).double()
     tokens, lengths = encoded()
-    out = model.compute_loss(
-        torch.rand(2, 3, 64, 64), tokens, lengths, torch.rand(2, 3, 64, 64), tokens, lengths
-    )
+    images = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    targets = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    out = model.compute_loss(images, tokens, lengths, targets, tokens, lengths)
+    assert out.total.dtype == torch.float64
     out.total.backward()
-    missing = {n for n, p in model.named_parameters() if p.grad is None}
-    zero = {n for n, p in model.named_parameters() if p.grad is not None and not p.grad.any()}
-    # w_sa starts at 0: only the self-attentional branch has an exactly zero gradient.
-    assert missing == set()
-    assert zero == {n for n, _ in model.named_parameters() if ".self_attention." in n}
-    assert any(n.startswith("backbone.layer4.") for n, _ in model.named_parameters())
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert {n for n, g in grads.items() if g is None} == set()
+    largest = max(g.abs().max().item() for g in grads.values())
+    # w_sa starts at 0 and multiplies the self-attentional branch: its gradient is an
+    # exact product with 0.0, hence exactly zero in floating point too.
+    structural = {n for n in grads if ".self_attention." in n}
+    assert structural and all(not grads[n].any() for n in structural)
+    # Zero in exact arithmetic, not by a product with 0.0: w_ja (while w_sa = 0 the
+    # composed map is w_ja times a fixed map, and the embedding is L2-normalised, so it
+    # is scale invariant in w_ja) and the text projection's bias (a per-channel constant
+    # that the batch norm after the fusion conv removes). Rounding leaves at most
+    # n * eps * largest with n (terms in a cancelling sum) far below 1e6 and
+    # eps = 2.2e-16, so 1e-9 * largest bounds them.
+    vanishing = {n for n in grads if n.endswith(".w_ja")} | {"text_encoder.proj.bias"}
+    assert len(vanishing) == 4
+    for name in vanishing:
+        assert grads[name].abs().max().item() <= 1e-9 * largest, name
+    # Every other parameter learns: its gradient is above that rounding bound.
+    for name in grads.keys() - structural - vanishing:
+        assert grads[name].abs().max().item() > 1e-9 * largest, name
+    assert any(n.startswith("backbone.layer4.") for n in grads)
+
+
+def test_a_float64_model_keeps_float64_embeddings():
+    model = VAL(resnet50_config(), vocabulary=VOCAB).double().eval()
+    with torch.no_grad():
+        out = model.compose(
+            torch.rand(1, 3, 64, 64, dtype=torch.float64), *VOCAB.encode(["make it red"]), return_levels=True
+        )
+    assert out.embedding.dtype == torch.float64
+    assert all(level.dtype == torch.float64 for level in out.levels)
 
 
 def test_val_official_on_resnet50_at_256px_ties_levels_to_32_16_8_maps():
