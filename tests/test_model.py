@@ -68,11 +68,9 @@ def encoded(texts=TEXTS) -> tuple[torch.Tensor, torch.Tensor]:
     return tuple(VOCAB.encode(list(texts)))
 
 
-def gradient_report(model: nn.Module) -> tuple[set[str], set[str]]:
-    """(parameters without a gradient, parameters whose gradient is exactly zero)."""
-    missing = {n for n, p in model.named_parameters() if p.grad is None}
-    zero = {n for n, p in model.named_parameters() if p.grad is not None and not p.grad.any()}
-    return missing, zero
+def missing_gradients(model: nn.Module) -> set[str]:
+    """The parameters that got no gradient at all."""
+    return {n for n, p in model.named_parameters() if p.grad is None}
 
 
 # ---------------------------------------------------------------------- shapes
@@ -225,36 +223,55 @@ def test_loss_is_hierarchical_matching_of_the_level_embeddings(model_and_hand_bu
 
 @pytest.mark.parametrize("composer", COMPOSERS)
 def test_every_trainable_parameter_gets_a_gradient_from_the_loss(composer):
-    model = tiny_model(composer, semantic_dim=6)
+    # float64, so that gradients that vanish in exact arithmetic are separated from real
+    # ones by many orders of magnitude on any CPU: in float32, rounding decides whether
+    # they come out as exactly 0.0 or as ~1e-7, depending on the machine's kernels.
+    torch.manual_seed(0)
+    model = tiny_model(composer, semantic_dim=6).double()
     tokens, lengths = encoded()
     side_tokens, side_lengths = encoded(reversed(TEXTS))
     model.compute_loss(
-        images(), tokens, lengths, images(), side_tokens, side_lengths
+        images().double(), tokens, lengths, images().double(), side_tokens, side_lengths
     ).total.backward()
-    missing, zero = gradient_report(model)
-    expected_zero = set()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert missing_gradients(model) == set()
+    largest = max(g.abs().max().item() for g in grads.values())
+    structural: set[str] = set()
+    # The text projection's bias is a per-channel constant that the text encoder's
+    # BatchNorm1d (training mode) removes: its gradient is zero in exact arithmetic.
+    vanishing = {"text_encoder.proj.bias"}
     if composer.startswith("val"):
-        # w_sa starts at 0, so the self-attentional branch adds nothing yet and its exact
-        # gradient is zero; w_sa itself gets a gradient, and the branch follows once it moves.
-        expected_zero = {n for n, _ in model.named_parameters() if ".self_attention." in n}
-        assert expected_zero
+        # w_sa starts at 0 and multiplies the self-attentional branch: its gradient is an
+        # exact product with 0.0, hence exactly zero in floating point too. w_sa itself
+        # gets a gradient, and the branch follows once it moves.
+        structural = {n for n in grads if ".self_attention." in n}
+        assert structural and all(not grads[n].any() for n in structural)
         # With w_sa = 0 each level's output is w_ja * F_ja and the level embedding is
         # L2-normalised, so it does not depend on w_ja's scale: w_ja's gradient is zero in
-        # exact arithmetic, and only rounding decides whether it comes out as exactly 0.0.
-        w_ja = {n: p for n, p in model.named_parameters() if n.endswith(".w_ja")}
+        # exact arithmetic.
+        w_ja = {n for n in grads if n.endswith(".w_ja")}
         assert w_ja
-        for name, parameter in w_ja.items():
-            assert parameter.grad is not None
-            assert parameter.grad.abs().item() < 1e-5, name
-        zero -= set(w_ja)
-    assert missing == set()
-    assert zero == expected_zero
+        vanishing |= w_ja
+    # Rounding leaves at most n * eps * largest in a cancelling sum of n terms, with n far
+    # below 1e6 and eps = 2.2e-16: 1e-9 * largest bounds it. Everything else learns, with
+    # a gradient above that bound.
+    for name in vanishing:
+        assert grads[name].abs().max().item() <= 1e-9 * largest, name
+    for name in grads.keys() - structural - vanishing:
+        assert grads[name].abs().max().item() > 1e-9 * largest, name
 
 
 def test_self_attention_gets_a_gradient_once_w_sa_is_nonzero():
-    model = tiny_model(composer_kwargs={"w_sa_init": 0.5})
-    model.compute_loss(images(), *encoded(), images()).total.backward()
-    assert gradient_report(model) == (set(), set())
+    torch.manual_seed(0)
+    model = tiny_model(composer_kwargs={"w_sa_init": 0.5}).double()
+    model.compute_loss(images().double(), *encoded(), images().double()).total.backward()
+    assert missing_gradients(model) == set()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    largest = max(g.abs().max().item() for g in grads.values())
+    branch = {n for n in grads if ".self_attention." in n}
+    assert branch
+    # Above the float64 rounding bound of the previous test: a real gradient, not noise.
+    assert all(grads[n].abs().max().item() > 1e-9 * largest for n in branch)
 
 
 def test_image_only_text_encoder_learns_only_from_side_information():

@@ -106,7 +106,7 @@ def test_resnet50_model_trains_end_to_end():
     # Zero in exact arithmetic, not by a product with 0.0: w_ja (while w_sa = 0 the
     # composed map is w_ja times a fixed map, and the embedding is L2-normalised, so it
     # is scale invariant in w_ja) and the text projection's bias (a per-channel constant
-    # that the batch norm after the fusion conv removes). Rounding leaves at most
+    # that the text encoder's own BatchNorm1d, in training mode, removes). Rounding leaves at most
     # n * eps * largest with n (terms in a cancelling sum) far below 1e6 and
     # eps = 2.2e-16, so 1e-9 * largest bounds them.
     vanishing = {n for n in grads if n.endswith(".w_ja")} | {"text_encoder.proj.bias"}
