@@ -117,20 +117,6 @@ def test_missing_target_counts_as_miss_when_asked():
     assert result.recall == {1: 0.5, 3: 0.5}
 
 
-def test_evaluate_equals_recall_at_k_with_setup():
-    references, targets, _ = fashioniq_val("dress")
-    setup = build_retrieval_setup(references[:200], targets[:200])
-    gen = torch.Generator().manual_seed(0)
-    queries = torch.randn(setup.num_queries, 16, generator=gen)
-    gallery = torch.randn(setup.gallery_size, 16, generator=gen)
-    direct = recall_at_k(queries, gallery, setup=setup, ks=(10, 50))
-    evaluated = setup.evaluate(queries, gallery, ks=(10, 50))
-    assert torch.equal(evaluated.ranks, direct.ranks)
-    assert (evaluated.recall, evaluated.protocol, evaluated.gallery_hash) == (
-        direct.recall, "val", setup.gallery_hash,
-    )
-
-
 BAD_INPUTS = {
     "length mismatch": (dict(references=["a", "b"], targets=["c"]), r"targets: expected one entry per query \(len\(references\) = 2\), got 1"),
     "unknown protocol": (dict(protocol="fiq"), "protocol: expected one of"),

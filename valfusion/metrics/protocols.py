@@ -10,6 +10,9 @@ protocol is an explicit, named choice that travels with every result:
   e.g. the whole image split of the category (3817 / 6346 / 5373).
 
 Every query's own reference image is removed from its ranking.
+
+This module describes data (ids, indices, a fingerprint) and imports nothing that
+computes a metric; :func:`~valfusion.metrics.recall_at_k` takes a setup through ``setup=``.
 """
 
 from __future__ import annotations
@@ -17,13 +20,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from valfusion.metrics.recall import RecallResult
+from valfusion.metrics._checks import MISSING_POLICIES, Missing, check_choice
 
 __all__ = ["PROTOCOLS", "RetrievalSetup", "build_retrieval_setup", "gallery_hash"]
 
@@ -38,8 +40,8 @@ class RetrievalSetup:
     """A gallery and, for each query, its correct targets and its excluded reference.
 
     Embed the gallery in the order of ``gallery_ids`` and the queries in the order they
-    were given to :func:`build_retrieval_setup`, then call :meth:`evaluate` (or
-    ``recall_at_k(..., setup=setup)``).
+    were given to :func:`build_retrieval_setup`, then call
+    ``recall_at_k(query_embeddings, gallery_embeddings, setup=setup)``.
 
     Attributes:
         protocol: ``"val"`` or ``"original"``.
@@ -72,37 +74,6 @@ class RetrievalSetup:
         """Number of queries ``Q``."""
         return self.exclude.shape[0]
 
-    def evaluate(
-        self,
-        query_embeddings: Tensor,
-        gallery_embeddings: Tensor,
-        *,
-        ks: Sequence[int] = (1, 10, 50),
-        similarity: Literal["cosine", "dot", "euclidean"] = "cosine",
-        chunk_size: int = 1024,
-        return_topk: bool = True,
-    ) -> RecallResult:
-        """Recall@K under this setup: ``recall_at_k(query_embeddings, gallery_embeddings, setup=self)``.
-
-        Args:
-            query_embeddings: ``(Q, D)``, one row per query in setup order.
-            gallery_embeddings: ``(G, D)``, one row per id of ``gallery_ids``, in that order.
-            ks: cut-offs ``K >= 1``.
-            similarity: ``"cosine"``, ``"dot"`` or ``"euclidean"``.
-            chunk_size: queries per GEMM.
-            return_topk: also return the top ``max(ks)`` gallery indices per query.
-
-        Returns:
-            A :class:`~valfusion.metrics.RecallResult` carrying this setup's protocol,
-            gallery size and gallery hash.
-        """
-        from valfusion.metrics.recall import recall_at_k
-
-        return recall_at_k(
-            query_embeddings, gallery_embeddings, setup=self, ks=ks, similarity=similarity,
-            chunk_size=chunk_size, return_topk=return_topk,
-        )
-
 
 def gallery_hash(ids: Sequence[str]) -> str:
     """Short fingerprint of a gallery: the first 12 hex digits of the SHA-256 of its sorted ids.
@@ -125,7 +96,7 @@ def build_retrieval_setup(
     targets: Sequence[str | Sequence[str]],
     protocol: Protocol = "val",
     images: Sequence[str] | None = None,
-    missing: Literal["error", "miss"] = "error",
+    missing: Missing = "error",
 ) -> RetrievalSetup:
     """Build the gallery, target indices and exclusions of a query set under a protocol.
 
@@ -149,10 +120,8 @@ def build_retrieval_setup(
             policy, ``images`` missing for ``"original"`` or given for ``"val"``, or (by
             default) a query without a correct target in the gallery.
     """
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol: expected one of {PROTOCOLS}, got {protocol!r}")
-    if missing not in ("error", "miss"):
-        raise ValueError(f"missing: expected one of ('error', 'miss'), got {missing!r}")
+    check_choice(protocol, "protocol", PROTOCOLS)
+    check_choice(missing, "missing", MISSING_POLICIES)
     references = _ids(references, "references")
     if isinstance(targets, str) or not isinstance(targets, Sequence):
         raise ValueError(

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from valfusion.metrics._checks import SIMILARITIES
+
 __all__ = [
     "SIMILARITIES",
     "PreparedGallery",
@@ -30,8 +32,6 @@ __all__ = [
     "rank_of",
     "topk_by_rule",
 ]
-
-SIMILARITIES = ("cosine", "dot", "euclidean")
 
 # Sums of 0/1 in float32 are exact integers below 2**24; larger galleries count in float64.
 _EXACT_FLOAT32_COUNT = 2**24

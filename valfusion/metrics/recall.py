@@ -14,21 +14,21 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor
 
-from valfusion._validation import (
-    check_floating,
-    check_ndim,
-    check_positive_int,
-    check_size,
-    fmt_shape,
+from valfusion._validation import check_size, fmt_shape
+from valfusion.metrics._checks import (
+    Missing,
+    Similarity,
+    check_embeddings,
+    check_gallery,
+    check_recall_options,
+    check_same_kind,
 )
 from valfusion.metrics.protocols import RetrievalSetup
 from valfusion.metrics.ranking import (
-    SIMILARITIES,
     PreparedGallery,
     best_target,
     chunk_scores,
@@ -37,16 +37,9 @@ from valfusion.metrics.ranking import (
     rank_of,
     topk_by_rule,
 )
-from valfusion.metrics.targets import LabelTargets, as_exclude, as_padded_targets
+from valfusion.metrics.targets import LabelTargets, chunk_targets, resolve_targets
 
 __all__ = ["RecallResult", "recall_at_k"]
-
-Similarity = Literal["cosine", "dot", "euclidean"]
-Missing = Literal["error", "miss"]
-MISSING_POLICIES = ("error", "miss")
-
-# Rows of the gallery checked for non-finite values at a time (bounds the bool temporary).
-_FINITE_CHECK_ROWS = 1 << 16
 
 
 @dataclass(frozen=True, eq=False)
@@ -157,19 +150,12 @@ def recall_at_k(
             ``K < 1``, an empty gallery, an unknown similarity or policy, ambiguous target
             sources, or (by default) a query without a correct target.
     """
-    check_ndim(queries, "queries", 2, "(Q, D)")
-    check_ndim(gallery, "gallery", 2, "(G, D)")
-    check_floating(queries, "queries")
-    check_floating(gallery, "gallery")
+    queries = check_embeddings(queries, "queries", "(Q, D)")
+    gallery = check_gallery(gallery)
     if queries.shape[0] == 0:
         raise ValueError(f"queries: expected at least one query, got shape {fmt_shape(queries)}")
-    if gallery.shape[0] == 0:
-        raise ValueError(f"gallery: expected at least one item (G >= 1), got shape {fmt_shape(gallery)}")
     check_size(gallery, "gallery", 1, queries.shape[1], "embedding dim D (as in queries)")
     check_same_kind(queries, "queries", gallery, "gallery")
-    ks = check_ks(ks)
-    check_positive_int(chunk_size, "chunk_size")
-    check_choice(similarity, "similarity", SIMILARITIES)
     num_queries, gallery_size = queries.shape[0], gallery.shape[0]
 
     protocol = gallery_hash = None
@@ -193,17 +179,11 @@ def recall_at_k(
         protocol, gallery_hash = setup.protocol, setup.gallery_hash
         missing = setup.missing if missing is None else missing
     missing = "error" if missing is None else missing
-    check_choice(missing, "missing", MISSING_POLICIES)
-
-    check_finite(queries, "queries")
-    check_finite(gallery, "gallery")
-    target_source = resolve_targets(
-        targets, query_labels, gallery_labels, num_queries, gallery_size, queries.device
+    ks = check_recall_options(ks, similarity, chunk_size, missing)
+    target_source, exclude = resolve_targets(
+        targets, query_labels, gallery_labels, exclude, num_queries=num_queries,
+        gallery_size=gallery_size, device=queries.device, missing=missing, chunk_size=chunk_size,
     )
-    if exclude is not None:
-        exclude = as_exclude(exclude, num_queries, gallery_size, queries.device)
-    if missing == "error":
-        check_all_found(target_source, exclude, num_queries, chunk_size)
 
     prepared = prepare_gallery(gallery, similarity)
     ranks, topk = rank_queries(
@@ -256,7 +236,7 @@ def rank_queries(
         chunk_exclude = None if exclude is None else exclude[start:stop]
         if chunk_exclude is not None:
             mask_excluded(scores, chunk_exclude)
-        score, index, found = best_target(scores, _chunk_targets(targets, start, stop), chunk_exclude)
+        score, index, found = best_target(scores, chunk_targets(targets, start, stop), chunk_exclude)
         chunk_ranks = torch.full_like(index, -1)
         to_count = found
         if lists is not None:
@@ -283,103 +263,6 @@ def rank_queries(
 
 
 def recall_from_ranks(ranks: Tensor, ks: Sequence[int]) -> dict[int, float]:
-    """``{K: mean(0 <= rank < K)}`` from best-target ranks ``(Q,)`` (``-1`` = miss)."""
+    """``{K: mean(0 <= rank < K)}`` from best-target ranks ``(Q,)`` (``-1`` = miss), ``Q >= 1``."""
     hit_rank = torch.where(ranks >= 0, ranks, torch.iinfo(torch.long).max)
     return {k: (hit_rank < k).double().mean().item() for k in ks}
-
-
-def resolve_targets(
-    targets: Tensor | Sequence[int] | Sequence[Sequence[int]] | None,
-    query_labels: Tensor | Sequence[Hashable] | None,
-    gallery_labels: Tensor | Sequence[Hashable] | None,
-    num_queries: int,
-    gallery_size: int,
-    device: torch.device,
-) -> Tensor | LabelTargets:
-    """Validate the target source and return padded indices ``(Q, P)`` or a :class:`LabelTargets`."""
-    has_labels = query_labels is not None or gallery_labels is not None
-    if targets is not None and has_labels:
-        raise ValueError("targets: give either targets or query_labels/gallery_labels, not both")
-    if targets is not None:
-        return as_padded_targets(targets, num_queries, gallery_size, device)
-    if not has_labels:
-        raise ValueError(
-            "targets: no correct targets given; pass targets=, query_labels= and gallery_labels=, "
-            "or setup="
-        )
-    if query_labels is None or gallery_labels is None:
-        missing_name = "query_labels" if query_labels is None else "gallery_labels"
-        raise ValueError(f"{missing_name}: labels must be given for both queries and gallery")
-    return LabelTargets(query_labels, gallery_labels, num_queries, gallery_size, device)
-
-
-def check_all_found(
-    targets: Tensor | LabelTargets, exclude: Tensor | None, num_queries: int, chunk_size: int
-) -> None:
-    """Raise if some query has no correct target once its excluded item is removed."""
-    missing: list[Tensor] = []
-    for start in range(0, num_queries, chunk_size):
-        stop = min(start + chunk_size, num_queries)
-        rows = _chunk_targets(targets, start, stop)
-        valid = rows >= 0
-        if exclude is not None:
-            valid &= rows != exclude[start:stop, None]
-        missing.append((~valid.any(dim=1)).nonzero().squeeze(1) + start)
-    missing_rows = torch.cat(missing)
-    if missing_rows.numel():
-        name = "targets" if isinstance(targets, Tensor) else "query_labels"
-        shown = missing_rows[:5].tolist()
-        raise ValueError(
-            f"{name}: {missing_rows.numel()} of {num_queries} queries have no correct target in the "
-            f"gallery (after removing excluded items), e.g. queries {shown}; pass missing='miss' "
-            "to count them as misses (skipping them would inflate recall)"
-        )
-
-
-def check_same_kind(reference: Tensor, reference_name: str, x: Tensor, name: str) -> None:
-    """Require ``x`` to have the dtype and device of ``reference`` (one GEMM multiplies them)."""
-    if x.dtype != reference.dtype or x.device != reference.device:
-        raise ValueError(
-            f"{name}: expected dtype {reference.dtype} on {reference.device} (as {reference_name}), "
-            f"got dtype {x.dtype} on {x.device} with shape {fmt_shape(x)}"
-        )
-
-
-def check_ks(ks: Sequence[int]) -> tuple[int, ...]:
-    """Validate cut-offs: a non-empty sequence of ints ``>= 1``; returns them sorted, unique."""
-    if isinstance(ks, int) and not isinstance(ks, bool):
-        ks = (ks,)
-    if not isinstance(ks, Sequence) or len(ks) == 0:
-        raise ValueError(f"ks: expected a non-empty sequence of integers >= 1, got {ks!r}")
-    for k in ks:
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"ks: expected integers K >= 1, got {k!r} in {tuple(ks)!r}")
-    return tuple(sorted(set(ks)))
-
-
-def check_choice(value: object, name: str, choices: Sequence[str]) -> None:
-    """Require ``value`` to be one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
-
-
-def check_finite(x: Tensor, name: str) -> None:
-    """Require finite values (a NaN score would silently rank its target first).
-
-    One sum over ``x`` (non-finite iff some entry is NaN or inf, or the entries are so large
-    that they overflow); the offending row is searched only when the check fails.
-    """
-    if bool(torch.isfinite(x.sum())):
-        return
-    for start in range(0, x.shape[0], _FINITE_CHECK_ROWS):
-        bad = (~torch.isfinite(x[start : start + _FINITE_CHECK_ROWS])).any(dim=1).nonzero()
-        if bad.numel():
-            raise ValueError(
-                f"{name}: expected finite values, got NaN or inf in row {start + int(bad[0])} "
-                f"of shape {fmt_shape(x)}"
-            )
-    raise ValueError(f"{name}: expected finite values, got entries whose sum overflows (shape {fmt_shape(x)})")
-
-
-def _chunk_targets(targets: Tensor | LabelTargets, start: int, stop: int) -> Tensor:
-    return targets[start:stop] if isinstance(targets, Tensor) else targets.chunk(start, stop)

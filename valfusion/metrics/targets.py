@@ -4,6 +4,8 @@ Users give the correct targets of each query as gallery indices (one per query, 
 per query, or a ``-1``-padded matrix) or as labels (an item is correct when its label
 equals the query's). Both become ``(Q, P)`` long tensors with ``-1`` padding; for labels
 the rows are built one chunk at a time so memory stays bounded by the chunk.
+:func:`resolve_targets` is the one entry point both :func:`~valfusion.metrics.recall_at_k`
+and :class:`~valfusion.metrics.RecallAtK` validate their targets and exclusions through.
 """
 
 from __future__ import annotations
@@ -16,7 +18,108 @@ from torch import Tensor
 
 from valfusion._validation import check_int_tensor, fmt_shape
 
-__all__ = ["LabelTargets", "as_exclude", "as_padded_targets"]
+__all__ = [
+    "LabelTargets",
+    "as_exclude",
+    "as_padded_targets",
+    "check_all_found",
+    "chunk_targets",
+    "resolve_targets",
+]
+
+
+def resolve_targets(
+    targets: Tensor | Sequence[int] | Sequence[Sequence[int]] | None,
+    query_labels: Tensor | Sequence[Hashable] | None,
+    gallery_labels: Tensor | Sequence[Hashable] | None,
+    exclude: Tensor | Sequence[int] | None,
+    *,
+    num_queries: int,
+    gallery_size: int,
+    device: torch.device,
+    missing: str,
+    chunk_size: int,
+) -> tuple[Tensor | LabelTargets, Tensor | None]:
+    """Validate the target source and the exclusions, and apply the missing-target policy.
+
+    Args:
+        targets: gallery indices (see :func:`as_padded_targets`), or None.
+        query_labels: ``(Q,)`` labels, with ``gallery_labels``, or None.
+        gallery_labels: ``(G,)`` labels, with ``query_labels``, or None.
+        exclude: gallery index removed from each query's ranking (see :func:`as_exclude`), or None.
+        num_queries: ``Q``.
+        gallery_size: ``G``.
+        device: where the results live.
+        missing: ``"error"`` raises for a query with no correct target left (see
+            :func:`check_all_found`); ``"miss"`` accepts it.
+        chunk_size: queries per label chunk when checking.
+
+    Returns:
+        ``(targets, exclude)``: padded correct indices ``(Q, P)`` or a :class:`LabelTargets`;
+        ``(Q,)`` long or None.
+
+    Raises:
+        ValueError: both or neither target source, labels on one side only, bad indices or
+            labels, or (``missing="error"``) a query without a correct target.
+    """
+    has_labels = query_labels is not None or gallery_labels is not None
+    if targets is not None and has_labels:
+        raise ValueError("targets: give either targets or query_labels/gallery_labels, not both")
+    if targets is not None:
+        source: Tensor | LabelTargets = as_padded_targets(targets, num_queries, gallery_size, device)
+    elif not has_labels:
+        raise ValueError(
+            "targets: no correct targets given; pass targets=, query_labels= and gallery_labels=, "
+            "or setup="
+        )
+    elif query_labels is None or gallery_labels is None:
+        missing_name = "query_labels" if query_labels is None else "gallery_labels"
+        raise ValueError(f"{missing_name}: labels must be given for both queries and gallery")
+    else:
+        source = LabelTargets(query_labels, gallery_labels, num_queries, gallery_size, device)
+    if exclude is not None:
+        exclude = as_exclude(exclude, num_queries, gallery_size, device)
+    if missing == "error":
+        check_all_found(source, exclude, num_queries, chunk_size)
+    return source, exclude
+
+
+def check_all_found(
+    targets: Tensor | LabelTargets, exclude: Tensor | None, num_queries: int, chunk_size: int
+) -> None:
+    """Raise if some query has no correct target once its excluded item is removed.
+
+    Args:
+        targets: padded correct indices ``(Q, P)`` or a :class:`LabelTargets`.
+        exclude: ``(Q,)`` long (``-1``: none) or None.
+        num_queries: ``Q``.
+        chunk_size: queries checked at a time.
+
+    Raises:
+        ValueError: naming how many queries have no correct target, and a few of them.
+    """
+    missing: list[Tensor] = []
+    for start in range(0, num_queries, chunk_size):
+        stop = min(start + chunk_size, num_queries)
+        rows = chunk_targets(targets, start, stop)
+        valid = rows >= 0
+        if exclude is not None:
+            valid &= rows != exclude[start:stop, None]
+        missing.append((~valid.any(dim=1)).nonzero().squeeze(1) + start)
+    missing_rows = torch.cat(missing)
+    if missing_rows.numel():
+        name = "targets" if isinstance(targets, Tensor) else "query_labels"
+        shown = missing_rows[:5].tolist()
+        raise ValueError(
+            f"{name}: {missing_rows.numel()} of {num_queries} queries have no correct target in the "
+            f"gallery (after removing excluded items), e.g. queries {shown}; pass missing='miss' "
+            "to count them as misses (skipping them would inflate recall)"
+        )
+
+
+def chunk_targets(targets: Tensor | LabelTargets, start: int, stop: int) -> Tensor:
+    """Padded correct indices of queries ``start:stop``, ``(C, P)`` long, ``-1`` padded."""
+    return targets[start:stop] if isinstance(targets, Tensor) else targets.chunk(start, stop)
 
 
 def as_padded_targets(
