@@ -25,6 +25,7 @@ from einops import reduce
 from torch import Tensor, nn
 
 from valfusion._io import atomic_write
+from valfusion._tensor_files import load_tensor_file
 from valfusion._validation import (
     check_floating,
     check_int_tensor,
@@ -304,6 +305,53 @@ def _check_backbone(config: VALConfig, backbone: object) -> FeaturePyramid:
             f"{backbone.channels}; set config.backbone='custom' to use any other FeaturePyramid"
         )
     return backbone
+
+
+def _names(names: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _check_weights(state: object, expected: Mapping[str, Tensor], path: Path) -> None:
+    """Require the saved weights to fit the model built from ``config.json``.
+
+    ``load_state_dict`` would raise a multi-line error for other names or shapes and would
+    silently cast integer values into floating-point weights; NaN or inf would make every
+    score NaN. Each case is one line naming ``path``.
+    """
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
+        raise ValueError(
+            f"directory: {path} holds a {type(state).__name__}, expected a state dict "
+            f"(weight name -> tensor) as written by VAL.save_pretrained"
+        )
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        found = [f"missing {_names(missing)}"] if missing else []
+        found += [f"unexpected {_names(unexpected)}"] if unexpected else []
+        raise ValueError(
+            f"directory: {path} does not fit {CONFIG_FILE}: {'; '.join(found)} "
+            f"(weights of another configuration?)"
+        )
+    for name, value in state.items():
+        want = expected[name]
+        if value.shape != want.shape:
+            raise ValueError(
+                f"directory: {path} does not fit {CONFIG_FILE}: {name} has shape "
+                f"{fmt_shape(value)} in the file, {fmt_shape(want)} in the model "
+                f"(weights of another configuration?)"
+            )
+        if value.is_floating_point() != want.is_floating_point():
+            raise ValueError(
+                f"directory: {path} does not fit {CONFIG_FILE}: {name} is {value.dtype} in "
+                f"the file, {want.dtype} in the model"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(
+                f"directory: {path} holds NaN or inf in {name} (weights of a diverged run?)"
+            )
 
 
 class VAL(nn.Module):
@@ -889,7 +937,8 @@ class VAL(nn.Module):
     ) -> VAL:
         """Rebuild a model written by :meth:`save_pretrained`, in evaluation mode.
 
-        The weights are read with ``torch.load(weights_only=True)`` and loaded strictly.
+        The weights are read with ``torch.load(weights_only=True)`` (opening them never runs
+        code) and checked against the configuration before they are loaded strictly.
         As with Hugging Face models, the result is in eval mode; call ``.train()`` to
         fine-tune.
 
@@ -904,7 +953,11 @@ class VAL(nn.Module):
 
         Raises:
             FileNotFoundError: If the directory lacks ``config.json`` or ``model.pt``.
-            ValueError: If ``config.json`` is not a valid configuration.
+            ValueError: Naming the file, if ``config.json`` is not a valid configuration,
+                or ``model.pt`` is empty, truncated or corrupted, is refused as unsafe (a
+                pickle that would run code: nothing in it is executed), or does not fit
+                the configuration (missing or unexpected entries, other shapes, integer
+                values for floating-point weights, NaN or inf).
         """
         path = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -915,7 +968,7 @@ class VAL(nn.Module):
                 )
         try:
             data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
             raise ValueError(
                 f"directory: {path / CONFIG_FILE} is not valid JSON ({error})"
             ) from error
@@ -924,6 +977,8 @@ class VAL(nn.Module):
             Vocabulary.load(path / VOCABULARY_FILE) if (path / VOCABULARY_FILE).is_file() else None
         )
         model = cls(config, vocabulary=vocabulary, backbone=backbone)
-        state = torch.load(path / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+        weights = path / WEIGHTS_FILE
+        state = load_tensor_file(weights, argument="directory", map_location=map_location)
+        _check_weights(state, model.state_dict(), weights)
         model.load_state_dict(state)
         return model.eval()
