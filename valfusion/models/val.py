@@ -13,7 +13,8 @@ import json
 import math
 import operator
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +43,12 @@ from valfusion.encoders import (
     TorchvisionResNetPyramid,
     Vocabulary,
     check_images,
+    tokenize,
 )
 from valfusion.layers import COMPOSERS, CompositeAttention, MultiLevelComposer
 from valfusion.losses import HierarchicalMatchingLoss, HierarchicalMatchingOutput
+from valfusion.metrics.ranking import chunk_scores, mask_excluded, prepare_gallery, topk_by_rule
+from valfusion.metrics.recall import check_finite
 
 __all__ = ["BACKBONES", "VAL", "CompositionOutput", "SearchResult", "VALConfig"]
 
@@ -802,8 +806,9 @@ class VAL(nn.Module):
         """One query: the top-k gallery items for a reference image and a text.
 
         Scores are cosine similarities ``cos(f_o, f_g)`` between the query embedding and
-        each gallery embedding; results are sorted by score, descending, ties by lower
-        gallery index. Runs in evaluation mode (as :meth:`embed_gallery`; each
+        each gallery embedding, computed and ranked by :mod:`valfusion.metrics.ranking`
+        exactly as :func:`~valfusion.metrics.recall_at_k` does: by score, descending, equal
+        scores by lower gallery index. Runs in evaluation mode (as :meth:`embed_gallery`; each
         submodule's mode is restored afterwards); inputs are moved to the model's device.
 
         Args:
@@ -824,8 +829,13 @@ class VAL(nn.Module):
         Raises:
             ValueError: Naming the argument, if ``image`` is not one image, ``text`` is
                 raw text without a vocabulary or a malformed pair, ``gallery`` is neither
-                ``(G, 3, H, W)`` images nor ``(G, E)`` embeddings or is empty, ``exclude``
-                is not an index of the gallery, or ``k`` is not a positive integer.
+                ``(G, 3, H, W)`` images nor ``(G, E)`` embeddings or is empty, ``image`` or
+                ``gallery`` holds NaN or inf, ``exclude`` is not an index of the gallery,
+                or ``k`` is not a positive integer.
+
+        Warns:
+            UserWarning: Naming the text, if it has no words or every word of it is
+                unknown to the vocabulary (the results then ignore what it says).
         """
         check_positive_int(k, "k")
         if not isinstance(image, Tensor) or image.dim() not in (3, 4):
@@ -852,6 +862,8 @@ class VAL(nn.Module):
                 f"{type(text).__name__}"
             )
         self._check_query(image, tokens, lengths, ("image", "text[0]", "text[1]"), inference=True)
+        check_finite(image.flatten(1), "image")
+        self._warn_if_unknown(text, tokens, lengths)
 
         if not isinstance(gallery, Tensor) or gallery.dim() not in (2, 4):
             got = fmt_shape(gallery) if isinstance(gallery, Tensor) else type(gallery).__name__
@@ -867,6 +879,7 @@ class VAL(nn.Module):
         size = gallery.shape[0]
         if size == 0:
             raise ValueError(f"gallery: expected at least one item, got shape {fmt_shape(gallery)}")
+        check_finite(gallery.flatten(1), "gallery")
         if exclude is not None:
             try:
                 if isinstance(exclude, bool):
@@ -890,14 +903,38 @@ class VAL(nn.Module):
                 embeddings = self.embed_gallery(gallery, batch_size)
             else:
                 embeddings = gallery.to(device)
-        embedding = query.embedding[0]
-        scores = F.normalize(embeddings.to(embedding.dtype), dim=-1) @ embedding
+        # Scored and ranked exactly as recall_at_k does: the package's one ranking rule.
+        embedding = query.embedding
+        scores = chunk_scores(embedding, prepare_gallery(embeddings.to(embedding.dtype), "cosine"))
         if exclude is not None:
-            scores[exclude] = float("-inf")
-        k = min(k, size - (exclude is not None))
-        # Stable descending sort: equal scores keep gallery order (lower index first).
-        order = torch.sort(scores, descending=True, stable=True).indices[:k]
-        return SearchResult(order, scores[order], query.attention)
+            mask_excluded(scores, torch.tensor([exclude], device=scores.device))
+        order = topk_by_rule(scores, min(k, size - (exclude is not None)))[0]
+        return SearchResult(order, scores[0, order], query.attention)
+
+    def _warn_if_unknown(
+        self, text: str | tuple[Tensor, Tensor], tokens: Tensor, lengths: Tensor
+    ) -> None:
+        """Warn when no word of the query text is in the vocabulary: the results then
+        ignore the text (every word is the same unknown token)."""
+        if self.vocabulary is None:
+            return
+        ids = tokens[0, : int(lengths[0])]
+        if not bool((ids == self.vocabulary.unk_id).all()):
+            return
+        size = len(self.vocabulary)
+        if isinstance(text, str) and not tokenize(text):
+            message = f"text {text!r} has no words: the results ignore the text"
+        else:
+            named = f"text {text!r}" if isinstance(text, str) else "text (the given token ids)"
+            message = (
+                f"{named}: every word is unknown to the model's vocabulary ({size} tokens), "
+                "so the results ignore what the text says"
+            )
+        warnings.warn(
+            message,
+            UserWarning,
+            stacklevel=4,
+        )
 
     # ------------------------------------------------------------------ persistence
 
