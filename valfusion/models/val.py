@@ -1009,7 +1009,10 @@ class VAL(nn.Module):
             raise ValueError(
                 f"directory: {path / CONFIG_FILE} is not valid JSON ({error})"
             ) from error
-        config = VALConfig.from_dict(data)
+        try:
+            config = VALConfig.from_dict(data)
+        except ValueError as error:
+            raise ValueError(f"directory: {path / CONFIG_FILE}: {error}") from error
         vocabulary = (
             Vocabulary.load(path / VOCABULARY_FILE) if (path / VOCABULARY_FILE).is_file() else None
         )
