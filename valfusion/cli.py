@@ -8,8 +8,10 @@ exit status 2; an interrupted command exits with 130.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import warnings
@@ -327,9 +329,6 @@ def _evaluation_file(spec: str, options: dict[str, Any]) -> str:
     """``<source>-<hash>.json``: a name of the data source and 8 hex digits of its full
     description (absolute folder, category, loader options), so another source or other
     options never replace an earlier result, and the same ones replace their own."""
-    import hashlib
-    import re
-
     from valfusion.data.source import parse_source
 
     source = parse_source(spec)
@@ -606,6 +605,18 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def _run_command(args: argparse.Namespace, prog: str) -> int:
+    """Run the sub-command with each warning (an unknown query text, a missing glyph)
+    printed as one line, like its errors."""
+
+    def one_line_warning(message: Warning | str, *_: object, **__: object) -> None:
+        print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line_warning
+        return int(args.func(args) or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``valfusion`` command.
 
@@ -628,24 +639,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     prog = f"valfusion {args.command}"
-
-    def one_line_warning(message: Warning | str, *_: object, **__: object) -> None:
-        print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
-
-    with warnings.catch_warnings():
-        # Warnings (an unknown query text, a missing glyph) are one line each, like errors.
-        warnings.showwarning = one_line_warning
-        try:
-            _set_threads(args)
-            return int(args.func(args) or 0)
-        except (UsageError, DataError, FileNotFoundError, ImportError, ValueError) as error:
-            # DataError names file:line; library entry points raise ValueError naming the
-            # argument and the value received: both are the user's to fix, not a traceback.
-            print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
-            return EXIT_USAGE
-        except KeyboardInterrupt:
-            print(f"{prog}: interrupted", file=sys.stderr)
-            return 130
+    try:
+        _set_threads(args)
+        return _run_command(args, prog)
+    except (UsageError, DataError, FileNotFoundError, ImportError, ValueError) as error:
+        # DataError names file:line; library entry points raise ValueError naming the
+        # argument and the value received: both are the user's to fix, not a traceback.
+        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover
