@@ -123,10 +123,9 @@ def test_generic_folder_round_trips_through_train_and_evaluate(capsys, tmp_path)
     code, out, err = run(["train", "--data", str(folder), "--out", str(run_dir), *TINY], capsys)
     assert code == 0, err
     assert (run_dir / "model.pt").is_file() and (run_dir / "checkpoints" / "step_0000003.pt").is_file()
-    (run_dir / "metrics.json").unlink()
     code, out, err = run(["evaluate", str(run_dir), "--data", str(folder)], capsys)
     assert code == 0, err
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics = evaluation_result(out)
     for key in ("recall@1", "recall@10", "recall@50"):
         assert 0.0 <= metrics[key] <= 1.0
     assert metrics["protocol"] == "val"
@@ -139,6 +138,12 @@ def test_generic_folder_round_trips_through_train_and_evaluate(capsys, tmp_path)
     # Fewer than 10 gallery items: every query's target is within its top 10.
     assert metrics["recall@10"] == 1.0
     assert "R@10" in out and "protocol: val" in out
+
+
+def evaluation_result(out: str) -> dict:
+    """The result file `valfusion evaluate` wrote, read from the path it printed."""
+    path = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("metrics: "))
+    return json.loads(Path(path).read_text())
 
 
 def test_second_train_into_the_same_run_dir_needs_resume(capsys, tmp_path):
@@ -295,7 +300,7 @@ def test_evaluate_on_fashioniq_reports_both_gallery_protocols_and_caption_modes(
 
     code, out, err = run(["evaluate", str(run_dir), "--data", source], capsys)
     assert code == 0, err
-    val = json.loads((run_dir / "metrics.json").read_text())
+    val = evaluation_result(out)
     # The VAL paper's dress gallery (union of the validation queries' images): 2628.
     assert (val["protocol"], val["gallery_size"]) == ("val", 2628)
     assert (val["caption_mode"], val["num_queries"]) == ("separate", 2 * pairs)
@@ -304,7 +309,7 @@ def test_evaluate_on_fashioniq_reports_both_gallery_protocols_and_caption_modes(
         ["evaluate", str(run_dir), "--data", source, "--protocol", "original", "--caption-mode", "joined"], capsys
     )
     assert code == 0, err
-    original = json.loads((run_dir / "metrics.json").read_text())
+    original = evaluation_result(out)
     # The whole dress validation image split: 3817 images.
     assert (original["protocol"], original["gallery_size"]) == ("original", 3817)
     assert (original["caption_mode"], original["num_queries"]) == ("joined", pairs)
@@ -329,3 +334,143 @@ def test_threads_option_sets_the_torch_thread_count(capsys, tmp_path):
         assert torch.get_num_threads() == 2 != before
     finally:
         torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------- bad model files, evaluate's result file, search's text and picture
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[Path, Path]:
+    """(data folder, run folder) of one tiny training run; copy the run before changing it."""
+    root = tmp_path_factory.mktemp("trained")
+    folder = write_folder(root / "data")
+    assert main(["train", "--data", str(folder), "--out", str(root / "run"), *TINY]) == 0
+    return folder, root / "run"
+
+
+def copy_run(trained, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(trained[1], tmp_path / "run"))
+
+
+class _MakesAFolder:
+    """Unpickling this calls os.mkdir(path): a model.pt that would run code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.path,))
+
+
+def _bad_weights(kind: str, run_dir: Path, marker: Path) -> None:
+    import torch
+
+    weights = run_dir / "model.pt"
+    if kind == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif kind == "empty":
+        weights.write_bytes(b"")
+    elif kind == "crafted":
+        torch.save({"backbone.stem.0.0.weight": _MakesAFolder(marker)}, weights)
+    else:  # weights of another model configuration
+        state = torch.load(weights, weights_only=True)
+        state["text_encoder.embedding.weight"] = torch.zeros(3, 8)
+        torch.save(state, weights)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "crafted", "mismatched"])
+def test_evaluate_with_a_bad_model_file_is_one_line_naming_it(trained, capsys, tmp_path, kind):
+    run_dir = copy_run(trained, tmp_path)
+    _bad_weights(kind, run_dir, tmp_path / "ran")
+    code, _, err = run(["evaluate", str(run_dir), "--data", str(trained[0])], capsys)
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert str(run_dir / "model.pt") in err and "RUN_DIR" in err
+    assert "weights_only" not in err
+    assert not (tmp_path / "ran").exists()  # the crafted file's code never ran
+
+
+def test_evaluate_on_other_data_keeps_the_training_metrics(trained, capsys, tmp_path):
+    run_dir = copy_run(trained, tmp_path)
+    training_metrics = (run_dir / "metrics.json").read_bytes()
+    other = write_folder(tmp_path / "other")
+    code, out, err = run(["evaluate", str(run_dir), "--data", str(other)], capsys)
+    assert code == 0, err
+    assert (run_dir / "metrics.json").read_bytes() == training_metrics
+    written = sorted((run_dir / "evaluations").iterdir())
+    assert len(written) == 1 and str(written[0]) in out
+    result = json.loads(written[0].read_text())
+    assert result["source"] == str(other) and result["num_queries"] == 6
+
+
+def test_each_data_source_gets_its_own_evaluation_file(trained, capsys, tmp_path):
+    run_dir = copy_run(trained, tmp_path)
+    sources = [trained[0], write_folder(tmp_path / "other")]
+    for source in [*sources, sources[0]]:  # the first again: it replaces its own file
+        assert run(["evaluate", str(run_dir), "--data", str(source)], capsys)[0] == 0
+    written = sorted((run_dir / "evaluations").iterdir())
+    assert len(written) == 2
+    assert {json.loads(p.read_text())["source"] for p in written} == {str(s) for s in sources}
+
+
+def _search(trained, capsys, *options: str, text: str = "make it blue"):
+    folder, run_dir = trained
+    return run(
+        ["search", str(run_dir), "--image", str(folder / "img/red_left.png"), "--text", text,
+         "--gallery", str(folder), "-k", "2", *options],
+        capsys,
+    )
+
+
+@pytest.mark.parametrize("text", ["$\\frac$ price", "a $x^$ b"])
+def test_search_draws_a_text_that_matplotlib_would_read_as_math(trained, capsys, tmp_path, text):
+    picture = tmp_path / "found.png"
+    code, _, err = _search(trained, capsys, "--picture", str(picture), text=text)
+    assert code == 0, err
+    assert picture.is_file() and picture.stat().st_size > 0
+
+
+def test_search_with_an_undecodable_text_is_one_line(trained, capsys, tmp_path):
+    # What `--text $'\xff'` becomes in a UTF-8 terminal: a lone surrogate escape.
+    picture = tmp_path / "found.png"
+    code, _, err = _search(
+        trained, capsys, "--picture", str(picture), text="make it \udcff"
+    )
+    assert code == 2 and err.count("\n") == 1 and "--text" in err and "Traceback" not in err
+    assert not picture.exists()
+
+
+@pytest.mark.parametrize("where", ["folder", "format", "under a file"])
+def test_search_with_an_unusable_picture_path_is_one_line_before_any_work(trained, capsys, tmp_path, where):
+    target = {
+        "folder": tmp_path,
+        "format": tmp_path / "found.docx",
+        "under a file": trained[0] / "train.jsonl" / "found.png",
+    }[where]
+    code, out, err = _search(trained, capsys, "--picture", str(target))
+    assert code == 2 and err.count("\n") == 1 and "--picture" in err and "Traceback" not in err
+    assert out == ""  # refused before the model was loaded or the gallery ranked
+
+
+def test_search_with_only_unknown_words_warns_in_one_line(trained, capsys, tmp_path):
+    picture = tmp_path / "found.png"
+    code, _, err = _search(
+        trained, capsys, "--picture", str(picture), text="zebra quokka"
+    )
+    assert code == 0, err
+    assert err.count("\n") == 1 and "warning" in err and "'zebra quokka'" in err and "unknown" in err
+    assert picture.is_file()
+
+
+def test_search_warnings_about_missing_glyphs_are_one_line(trained, capsys, tmp_path):
+    picture = tmp_path / "found.png"
+    code, _, err = _search(
+        trained, capsys, "--picture", str(picture), text="make it 红色"
+    )
+    assert code == 0, err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("valfusion search: warning:") and "glyph" in lines[0]
+    assert picture.is_file()

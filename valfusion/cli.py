@@ -8,10 +8,13 @@ exit status 2; an interrupted command exits with 130.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -141,11 +144,17 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _load_data(spec: str, args: argparse.Namespace, splits: tuple[str, ...], image_size: int | None) -> Any:
-    from valfusion.data.source import load_source, parse_source
+    from valfusion.data.source import load_source
+
+    return load_source(spec, splits=splits, **_source_options(spec, args, image_size))
+
+
+def _source_options(spec: str, args: argparse.Namespace, image_size: int | None) -> dict[str, Any]:
+    """The keyword options of the source's loader that the data options of ``args`` give."""
+    from valfusion.data.source import parse_source
 
     kind = parse_source(spec).kind
     options: dict[str, Any] = dict(args.data_option)
-    options["splits"] = splits
     if image_size is not None:
         options["image_size"] = image_size
     elif kind != "synthetic":
@@ -156,7 +165,7 @@ def _load_data(spec: str, args: argparse.Namespace, splits: tuple[str, ...], ima
         options["protocol"] = args.protocol
     if args.caption_mode is not None:
         options["caption_mode"] = args.caption_mode
-    return load_source(spec, **options)
+    return options
 
 
 def _data_image_size(data: Any, requested: int | None) -> int:
@@ -303,21 +312,50 @@ def _load_model(run_dir: str, device: str | None) -> Any:
         raise UsageError(f"RUN_DIR: {path} is not a folder")
     if not (path / "config.json").is_file() or not (path / "model.pt").is_file():
         raise UsageError(f"RUN_DIR: {path} has no trained model (config.json, model.pt); did training finish?")
-    model = VAL.from_pretrained(path)
+    try:
+        model = VAL.from_pretrained(path)
+    except ValueError as error:
+        # A corrupt, unsafe or mismatched file: the library's message names it.
+        raise UsageError(f"RUN_DIR: {_one_line(error).removeprefix('directory: ')}") from error
     if model.vocabulary is None:
         raise UsageError(f"RUN_DIR: {path} has no vocabulary.json")
     return model.to(resolve_device(device or "auto")).eval()
 
 
+EVALUATIONS_DIR = "evaluations"
+
+
+def _evaluation_file(spec: str, options: dict[str, Any]) -> str:
+    """``<source>-<hash>.json``: a name of the data source and 8 hex digits of its full
+    description (absolute folder, category, loader options), so another source or other
+    options never replace an earlier result, and the same ones replace their own."""
+    from valfusion.data.source import parse_source
+
+    source = parse_source(spec)
+    where = None if source.path is None else Path(source.path).resolve()
+    parts = [source.kind, *([where.name] if where is not None else []), *([source.category] if source.category else [])]
+    name = re.sub(r"[^A-Za-z0-9_.]+", "-", "-".join(p for p in parts if p)).strip("-.") or "data"
+    described = json.dumps(
+        {"kind": source.kind, "path": str(where), "category": source.category, "options": options},
+        sort_keys=True, default=str,
+    )
+    return f"{name}-{hashlib.sha256(described.encode()).hexdigest()[:8]}.json"
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from valfusion.engine import METRICS_FILE, atomic_write_json, evaluate
+    from valfusion.engine import atomic_write_json, evaluate
 
     model = _load_model(args.run_dir, args.device)
     image_size = args.image_size or model.config.image_size
+    options = _source_options(args.data, args, image_size)
     data = _load_data(args.data, args, ("test",), image_size)
     metrics = evaluate(model, data, batch_size=args.batch_size, num_workers=args.num_workers)
     metrics["composer"] = model.config.composer
-    path = atomic_write_json(Path(args.run_dir) / METRICS_FILE, metrics)
+    metrics["source"] = args.data
+    metrics["source_options"] = options
+    # Never the training run's metrics.json: one file per data source.
+    path = Path(args.run_dir) / EVALUATIONS_DIR / _evaluation_file(args.data, options)
+    atomic_write_json(path, metrics)
     _print_metrics(metrics, f"{model.config.composer} ({args.run_dir}) on {data.name}")
     print(f"metrics: {path}")
     return 0
@@ -328,8 +366,14 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     from valfusion.data.images import denormalize, load_image
     from valfusion.engine.evaluation import embed_images
-    from valfusion.engine.plots import QueryPicture, plot_top_results
+    from valfusion.engine.plots import QueryPicture, check_picture_path, plot_top_results
 
+    _check_text(args.text)
+    picture = Path(args.picture) if args.picture else Path(args.run_dir) / "search.png"
+    try:
+        check_picture_path(picture, "--picture")
+    except ValueError as error:
+        raise UsageError(_one_line(error)) from error
     model = _load_model(args.run_dir, args.device)
     device = next(model.parameters()).device
     image_size = args.image_size or model.config.image_size
@@ -364,7 +408,6 @@ def _cmd_search(args: argparse.Namespace) -> int:
     print(f"query: {args.image}  +  {args.text!r}   ({model.config.composer}, gallery {len(ids)} images from {data.name})")
     for rank, (index, score) in enumerate(zip(result.indices.tolist(), result.scores.tolist()), start=1):
         print(f"{rank:3d}  {score:.4f}  {ids[index]}")
-    picture = Path(args.picture) if args.picture else Path(args.run_dir) / "search.png"
     attention = None
     if result.attention and result.attention[0] is not None:
         attention = [a.joint_attention[0] for a in result.attention if a is not None]
@@ -380,9 +423,24 @@ def _cmd_search(args: argparse.Namespace) -> int:
         )
     except ImportError as err:
         print(f"picture skipped ({err})", file=sys.stderr)
+    except OSError as err:
+        raise UsageError(f"--picture: cannot write {picture} ({err.strerror or err})") from err
     else:
         print(f"picture: {picture}")
     return 0
+
+
+def _check_text(text: str) -> None:
+    """Refuse a text with bytes the terminal's encoding could not decode (Python keeps
+    them as lone surrogates, which no tokenizer or font can use)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = os.fsencode(text)
+        raise UsageError(
+            f"--text: expected text in the terminal's encoding ({sys.getfilesystemencoding()}), "
+            f"got undecodable bytes: {raw!r}"
+        ) from None
 
 
 def _source_checkout() -> Path | None:
@@ -501,8 +559,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="Recall@K of a trained model on a data source", formatter_class=_Formatter,
         description="Evaluate the model in RUN_DIR on the evaluation split(s) of SOURCE, print the table "
-        "and write RUN_DIR/metrics.json (recall@1/10/50 as fractions, protocol, num_queries, gallery_size, "
-        "gallery_hash, dropped counts).",
+        "and write RUN_DIR/evaluations/<source>-<hash>.json (recall@1/10/50 as fractions, protocol, "
+        "num_queries, gallery_size, gallery_hash, dropped counts, the source and its options): one file "
+        "per data source and options, so the training result RUN_DIR/metrics.json is never replaced.",
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `valfusion train` (or demo)")
     evaluate.add_argument("--data", required=True, metavar="SOURCE", help="the data source (as for train)")
@@ -546,6 +605,18 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
 
 
+def _run_command(args: argparse.Namespace, prog: str) -> int:
+    """Run the sub-command with each warning (an unknown query text, a missing glyph)
+    printed as one line, like its errors."""
+
+    def one_line_warning(message: Warning | str, *_: object, **__: object) -> None:
+        print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    with warnings.catch_warnings():
+        warnings.showwarning = one_line_warning
+        return int(args.func(args) or 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``valfusion`` command.
 
@@ -570,7 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     prog = f"valfusion {args.command}"
     try:
         _set_threads(args)
-        return int(args.func(args) or 0)
+        return _run_command(args, prog)
     except (UsageError, DataError, FileNotFoundError, ImportError, ValueError) as error:
         # DataError names file:line; library entry points raise ValueError naming the
         # argument and the value received: both are the user's to fix, not a traceback.

@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from valfusion._tensor_files import load_tensor_file
 from valfusion.engine.io import atomic_write_torch
 
 __all__ = [
@@ -119,12 +120,14 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
     Raises:
         FileNotFoundError: The file does not exist.
-        ValueError: The file is not a valfusion checkpoint.
+        ValueError: Naming the file, if it is empty, truncated or corrupted, is refused as
+            unsafe (a pickle that would run code: nothing in it is executed), or is not a
+            valfusion checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    state = load_tensor_file(path, argument="checkpoint", map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint: {path} is not a {CHECKPOINT_FORMAT} file")
     return state

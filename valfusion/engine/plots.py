@@ -3,12 +3,19 @@
 matplotlib (the ``demo`` extra) is imported inside each function and only its
 object-oriented API is used (``Figure`` + the Agg canvas), so drawing never changes the
 caller's pyplot backend or global state. Every picture is written atomically.
+
+Query texts are drawn literally: ``$`` does not start matplotlib's math mode (a text like
+``"$\\frac$"`` would otherwise fail to draw), and characters that cannot be drawn (lone
+surrogates, what undecodable bytes become) are drawn as U+FFFD. Characters the font has
+no glyph for are reported in one warning per picture instead of one per character.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +29,7 @@ from valfusion.engine.io import atomic_write_bytes
 
 __all__ = [
     "QueryPicture",
+    "check_picture_path",
     "plot_attention_maps",
     "plot_learning_curves",
     "plot_top_results",
@@ -46,12 +54,77 @@ def require_matplotlib() -> Any:
     return Figure
 
 
+# matplotlib warns once per character: "Glyph 32418 (...) missing from font(s) DejaVu Sans."
+_MISSING_GLYPH = re.compile(r"^Glyph (\d+) .*missing from font")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_picture_path(path: str | os.PathLike[str], name: str = "path") -> str:
+    """Require a path a picture can be written to, before any drawing is done.
+
+    Args:
+        path: The picture file; its suffix picks the format (none: PNG).
+        name: The argument's name for the messages (e.g. ``"--picture"``).
+
+    Returns:
+        The format (``"png"``, ``"pdf"``, ``"svg"``...).
+
+    Raises:
+        ValueError: Naming ``name``, if the path is a folder, lies under a file, or has a
+            suffix matplotlib cannot write (checked when matplotlib is installed).
+    """
+    picture = Path(path)
+    if picture.is_dir():
+        raise ValueError(
+            f"{name}: {picture} is a folder; expected a picture file such as {picture / 'search.png'}"
+        )
+    folder = next(p for p in picture.absolute().parents if p.exists())
+    if not folder.is_dir():
+        raise ValueError(f"{name}: {folder} is a file, not a folder, so {picture} cannot be written")
+    picture_format = picture.suffix.lstrip(".").lower() or "png"
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError:
+        return picture_format
+    supported = sorted(FigureCanvasAgg.get_supported_filetypes())
+    if picture_format not in supported:
+        raise ValueError(
+            f"{name}: {picture} has the suffix .{picture_format}; expected a picture format, "
+            f"one of {', '.join('.' + s for s in supported)}"
+        )
+    return picture_format
+
+
+def _text(text: str) -> str:
+    """A user's text in a form the font machinery accepts (lone surrogates -> U+FFFD)."""
+    return _SURROGATE.sub("\N{REPLACEMENT CHARACTER}", text)
+
+
 def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+    picture_format = check_picture_path(path)
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
-    figure.savefig(buffer, format=Path(path).suffix.lstrip(".") or "png", dpi=110)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure.savefig(buffer, format=picture_format, dpi=110)
+    missing: list[str] = []
+    for warning in caught:
+        found = _MISSING_GLYPH.match(str(warning.message))
+        if found is None:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+        elif chr(int(found.group(1))) not in missing:
+            missing.append(chr(int(found.group(1))))
+    if missing:
+        warnings.warn(
+            f"picture {path}: the font has no glyph for {', '.join(map(repr, missing))}; "
+            "they are drawn as empty boxes",
+            UserWarning,
+            stacklevel=3,
+        )
     return atomic_write_bytes(path, buffer.getvalue())
 
 
@@ -148,7 +221,7 @@ def _blank(axis: Any) -> None:
 
 
 def _wrap(text: str, width: int = 28) -> str:
-    words, lines, line = text.split(), [], ""
+    words, lines, line = _text(text).split(), [], ""
     for word in words:
         if line and len(line) + 1 + len(word) > width:
             lines.append(line)
@@ -186,7 +259,7 @@ def plot_attention_maps(queries: Sequence[QueryPicture], path: str | os.PathLike
     for row, query in enumerate(queries):
         size = tuple(query.reference.shape[1:])
         axes[row][0].imshow(_as_pixels(query.reference))
-        axes[row][0].set_title(_wrap(query.text), fontsize=7)
+        axes[row][0].set_title(_wrap(query.text), fontsize=7, parse_math=False)
         if query.target is not None:
             axes[row][1].imshow(_as_pixels(query.target))
         axes[row][1].set_title("a correct target", fontsize=7)
@@ -215,9 +288,14 @@ def plot_top_results(
 
     Returns:
         The path written.
+
+    Raises:
+        ValueError: If there is no query, or ``path`` cannot hold a picture (see
+            :func:`check_picture_path`).
     """
     if not queries:
         raise ValueError("queries: expected at least one query to draw")
+    check_picture_path(path)
     with_attention = any(q.attention is not None for q in queries)
     width = max(len(q.results) for q in queries)
     columns = 1 + int(with_attention) + width
@@ -226,7 +304,7 @@ def plot_top_results(
     for row, query in enumerate(queries):
         axes[row][0].imshow(_as_pixels(query.reference))
         label = f"{query.label}: " if query.label else ""
-        axes[row][0].set_title(_wrap(label + query.text), fontsize=7)
+        axes[row][0].set_title(_wrap(label + query.text), fontsize=7, parse_math=False)
         first = 1
         if with_attention:
             first = 2
@@ -256,6 +334,6 @@ def plot_top_results(
         for axis in axes[row]:
             _blank(axis)
     if title:
-        figure.suptitle(title, fontsize=9)
+        figure.suptitle(_text(title), fontsize=9, parse_math=False)
     return _save(figure, path)
 

@@ -13,6 +13,7 @@ import json
 import math
 import operator
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from einops import reduce
 from torch import Tensor, nn
 
 from valfusion._io import atomic_write
+from valfusion._tensor_files import load_tensor_file
 from valfusion._validation import (
     check_floating,
     check_int_tensor,
@@ -41,9 +43,12 @@ from valfusion.encoders import (
     TorchvisionResNetPyramid,
     Vocabulary,
     check_images,
+    tokenize,
 )
 from valfusion.layers import COMPOSERS, CompositeAttention, MultiLevelComposer
 from valfusion.losses import HierarchicalMatchingLoss, HierarchicalMatchingOutput
+from valfusion.metrics._checks import check_finite
+from valfusion.metrics.ranking import chunk_scores, mask_excluded, prepare_gallery, topk_by_rule
 
 __all__ = ["BACKBONES", "VAL", "CompositionOutput", "SearchResult", "VALConfig"]
 
@@ -312,6 +317,53 @@ def _check_backbone(config: VALConfig, backbone: object) -> FeaturePyramid:
             f"{backbone.channels}; set config.backbone='custom' to use any other FeaturePyramid"
         )
     return backbone
+
+
+def _names(names: Sequence[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _check_weights(state: object, expected: Mapping[str, Tensor], path: Path) -> None:
+    """Require the saved weights to fit the model built from ``config.json``.
+
+    ``load_state_dict`` would raise a multi-line error for other names or shapes and would
+    silently cast integer values into floating-point weights; NaN or inf would make every
+    score NaN. Each case is one line naming ``path``.
+    """
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
+        raise ValueError(
+            f"directory: {path} holds a {type(state).__name__}, expected a state dict "
+            f"(weight name -> tensor) as written by VAL.save_pretrained"
+        )
+    missing = [name for name in expected if name not in state]
+    unexpected = [name for name in state if name not in expected]
+    if missing or unexpected:
+        found = [f"missing {_names(missing)}"] if missing else []
+        found += [f"unexpected {_names(unexpected)}"] if unexpected else []
+        raise ValueError(
+            f"directory: {path} does not fit {CONFIG_FILE}: {'; '.join(found)} "
+            f"(weights of another configuration?)"
+        )
+    for name, value in state.items():
+        want = expected[name]
+        if value.shape != want.shape:
+            raise ValueError(
+                f"directory: {path} does not fit {CONFIG_FILE}: {name} has shape "
+                f"{fmt_shape(value)} in the file, {fmt_shape(want)} in the model "
+                f"(weights of another configuration?)"
+            )
+        if value.is_floating_point() != want.is_floating_point():
+            raise ValueError(
+                f"directory: {path} does not fit {CONFIG_FILE}: {name} is {value.dtype} in "
+                f"the file, {want.dtype} in the model"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(
+                f"directory: {path} holds NaN or inf in {name} (weights of a diverged run?)"
+            )
 
 
 class VAL(nn.Module):
@@ -762,8 +814,9 @@ class VAL(nn.Module):
         """One query: the top-k gallery items for a reference image and a text.
 
         Scores are cosine similarities ``cos(f_o, f_g)`` between the query embedding and
-        each gallery embedding; results are sorted by score, descending, ties by lower
-        gallery index. Runs in evaluation mode (as :meth:`embed_gallery`; each
+        each gallery embedding, computed and ranked by :mod:`valfusion.metrics.ranking`
+        exactly as :func:`~valfusion.metrics.recall_at_k` does: by score, descending, equal
+        scores by lower gallery index. Runs in evaluation mode (as :meth:`embed_gallery`; each
         submodule's mode is restored afterwards); inputs are moved to the model's device.
 
         Args:
@@ -784,8 +837,13 @@ class VAL(nn.Module):
         Raises:
             ValueError: Naming the argument, if ``image`` is not one image, ``text`` is
                 raw text without a vocabulary or a malformed pair, ``gallery`` is neither
-                ``(G, 3, H, W)`` images nor ``(G, E)`` embeddings or is empty, ``exclude``
-                is not an index of the gallery, or ``k`` is not a positive integer.
+                ``(G, 3, H, W)`` images nor ``(G, E)`` embeddings or is empty, ``image`` or
+                ``gallery`` holds NaN or inf, ``exclude`` is not an index of the gallery,
+                or ``k`` is not a positive integer.
+
+        Warns:
+            UserWarning: Naming the text, if it has no words or every word of it is
+                unknown to the vocabulary (the results then ignore what it says).
         """
         check_positive_int(k, "k")
         if not isinstance(image, Tensor) or image.dim() not in (3, 4):
@@ -812,6 +870,8 @@ class VAL(nn.Module):
                 f"{type(text).__name__}"
             )
         self._check_query(image, tokens, lengths, ("image", "text[0]", "text[1]"), inference=True)
+        check_finite(image.flatten(1), "image")
+        self._warn_if_unknown(text, tokens, lengths)
 
         if not isinstance(gallery, Tensor) or gallery.dim() not in (2, 4):
             got = fmt_shape(gallery) if isinstance(gallery, Tensor) else type(gallery).__name__
@@ -827,6 +887,7 @@ class VAL(nn.Module):
         size = gallery.shape[0]
         if size == 0:
             raise ValueError(f"gallery: expected at least one item, got shape {fmt_shape(gallery)}")
+        check_finite(gallery.flatten(1), "gallery")
         if exclude is not None:
             try:
                 if isinstance(exclude, bool):
@@ -850,14 +911,38 @@ class VAL(nn.Module):
                 embeddings = self.embed_gallery(gallery, batch_size)
             else:
                 embeddings = gallery.to(device)
-        embedding = query.embedding[0]
-        scores = F.normalize(embeddings.to(embedding.dtype), dim=-1) @ embedding
+        # Scored and ranked exactly as recall_at_k does: the package's one ranking rule.
+        embedding = query.embedding
+        scores = chunk_scores(embedding, prepare_gallery(embeddings.to(embedding.dtype), "cosine"))
         if exclude is not None:
-            scores[exclude] = float("-inf")
-        k = min(k, size - (exclude is not None))
-        # Stable descending sort: equal scores keep gallery order (lower index first).
-        order = torch.sort(scores, descending=True, stable=True).indices[:k]
-        return SearchResult(order, scores[order], query.attention)
+            mask_excluded(scores, torch.tensor([exclude], device=scores.device))
+        order = topk_by_rule(scores, min(k, size - (exclude is not None)))[0]
+        return SearchResult(order, scores[0, order], query.attention)
+
+    def _warn_if_unknown(
+        self, text: str | tuple[Tensor, Tensor], tokens: Tensor, lengths: Tensor
+    ) -> None:
+        """Warn when no word of the query text is in the vocabulary: the results then
+        ignore the text (every word is the same unknown token)."""
+        if self.vocabulary is None:
+            return
+        ids = tokens[0, : int(lengths[0])]
+        if not bool((ids == self.vocabulary.unk_id).all()):
+            return
+        size = len(self.vocabulary)
+        if isinstance(text, str) and not tokenize(text):
+            message = f"text {text!r} has no words: the results ignore the text"
+        else:
+            named = f"text {text!r}" if isinstance(text, str) else "text (the given token ids)"
+            message = (
+                f"{named}: every word is unknown to the model's vocabulary ({size} tokens), "
+                "so the results ignore what the text says"
+            )
+        warnings.warn(
+            message,
+            UserWarning,
+            stacklevel=4,
+        )
 
     # ------------------------------------------------------------------ persistence
 
@@ -897,7 +982,8 @@ class VAL(nn.Module):
     ) -> VAL:
         """Rebuild a model written by :meth:`save_pretrained`, in evaluation mode.
 
-        The weights are read with ``torch.load(weights_only=True)`` and loaded strictly.
+        The weights are read with ``torch.load(weights_only=True)`` (opening them never runs
+        code) and checked against the configuration before they are loaded strictly.
         As with Hugging Face models, the result is in eval mode; call ``.train()`` to
         fine-tune.
 
@@ -912,7 +998,11 @@ class VAL(nn.Module):
 
         Raises:
             FileNotFoundError: If the directory lacks ``config.json`` or ``model.pt``.
-            ValueError: If ``config.json`` is not a valid configuration.
+            ValueError: Naming the file, if ``config.json`` is not a valid configuration,
+                or ``model.pt`` is empty, truncated or corrupted, is refused as unsafe (a
+                pickle that would run code: nothing in it is executed), or does not fit
+                the configuration (missing or unexpected entries, other shapes, integer
+                values for floating-point weights, NaN or inf).
         """
         path = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -923,15 +1013,20 @@ class VAL(nn.Module):
                 )
         try:
             data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        except json.JSONDecodeError as error:
+        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
             raise ValueError(
                 f"directory: {path / CONFIG_FILE} is not valid JSON ({error})"
             ) from error
-        config = VALConfig.from_dict(data)
+        try:
+            config = VALConfig.from_dict(data)
+        except ValueError as error:
+            raise ValueError(f"directory: {path / CONFIG_FILE}: {error}") from error
         vocabulary = (
             Vocabulary.load(path / VOCABULARY_FILE) if (path / VOCABULARY_FILE).is_file() else None
         )
         model = cls(config, vocabulary=vocabulary, backbone=backbone)
-        state = torch.load(path / WEIGHTS_FILE, map_location=map_location, weights_only=True)
+        weights = path / WEIGHTS_FILE
+        state = load_tensor_file(weights, argument="directory", map_location=map_location)
+        _check_weights(state, model.state_dict(), weights)
         model.load_state_dict(state)
         return model.eval()
