@@ -182,6 +182,11 @@ def on_page_content(page_html: str, page: Any, **kwargs: Any) -> str:
         return render_math(page_html, where=page.file.src_uri)
     except MathError as error:
         raise PluginError(str(error)) from error
+    except ImportError as error:
+        raise PluginError(
+            f"the docs render their math with latex2mathml ({error}); install the docs "
+            "extra: pip install -e '.[docs]'"
+        ) from error
 
 
 def on_post_build(config: Any, **kwargs: Any) -> None:
