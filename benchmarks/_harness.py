@@ -402,14 +402,31 @@ def environment_header(title: str, argv: Sequence[str] | None = None, device: st
     return "\n".join(lines)
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+def markdown_table(headers: Sequence[str],
+                   rows: Sequence[Sequence[object] | Mapping[str, object]]) -> str:
+    """A Markdown table; a row is a sequence in ``headers`` order or a mapping by header.
+
+    A mapping row leaves the columns it lacks empty, so a table's column order is stated
+    once, in ``headers``. The tables put the row's name first and the comparisons (ratios,
+    fractions of the ceiling) right after it, the absolute figures they come from later,
+    so that what matters is on screen in a wide table.
+    """
+
     def cell(v: object) -> str:
         if isinstance(v, float):
             return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
         return str(v)
 
+    def cells(row: Sequence[object] | Mapping[str, object]) -> list[object]:
+        if not isinstance(row, Mapping):
+            return list(row)
+        unknown = set(row) - set(headers)
+        if unknown:
+            raise KeyError(f"row has cells for columns not in the table: {sorted(unknown)}")
+        return [row.get(h, "") for h in headers]
+
     out = ["| " + " | ".join(headers) + " |", "| " + " | ".join("---" for _ in headers) + " |"]
-    out += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    out += ["| " + " | ".join(cell(v) for v in cells(row)) + " |" for row in rows]
     return "\n".join(out) + "\n"
 
 

@@ -104,6 +104,33 @@ OURS, REF1, REF2 = "valfusion", "ref 1 (official graph)", "ref 2 (MHA port)"
 IMPLS = (OURS, REF1, REF2)
 CEILING = "GEMM ceiling"
 SECTIONS = ("levels", "parts", "sweep", "limits")
+
+# The tables' columns: the row's name, the comparisons (ratios to the references, fractions
+# of the ceiling), then the figures they come from and the shapes.
+_COMPARISONS = ("ref 1 / ours", "ref 2 / ours", "ours % ceil", "ref 1 % ceil", "ref 2 % ceil")
+_TIMES = tuple(f"{impl} (ms)" for impl in IMPLS)
+LEVEL_COLUMNS = (
+    "mode", "level", *_COMPARISONS, *_TIMES, "GFLOP", "ceiling (GFLOP/s)", "C x H x W", "B",
+)
+HIGH_RES_COLUMNS = ("mode", "case", *LEVEL_COLUMNS[2:])
+MEMORY_COLUMNS = ("implementation", "/ ref 1", "peak (MiB)")
+PART_COLUMNS = ("part", "level", *_COMPARISONS, *_TIMES, "C x H x W", "B")
+SWEEP_COLUMNS = (
+    "N", "map", "ours / ref 1 memory", "ours % ceil", *_TIMES,
+    *(f"{impl} peak (MiB)" for impl in IMPLS),
+)
+LIMIT_COLUMNS = (
+    "level", "bound from the two kernels, % ceil", "attention kernel alone, % ceil",
+    "projection GEMM alone, % ceil", "attention share of step",
+    "NCHW <-> token transposes, share", "kernel (sys) share", "fresh pages per step (MiB)",
+    "valfusion fwd+bwd (ms)", "C x H x W", "B",
+)
+ALLOCATOR_COLUMNS = (
+    "level", "speed-up (best / best)", "speed-up per round, median [min, max]",
+    "defaults, % ceil (best)", "no fresh pages, % ceil (best)", "glibc defaults, best (ms)",
+    "no fresh pages, best (ms)", "fresh pages per step, defaults (MiB)",
+    "fresh pages per step, no fresh pages (MiB)", "C x H x W", "B",
+)
 SPATIAL_KERNEL = 7
 NUM_HEADS = 2
 
@@ -430,17 +457,12 @@ def _levels_section(runner: Runner, args: BenchArgs, sizes: Sizes) -> tuple[str,
             rows.append(_level_row(mode, shape, timing))
         total = {n: sum(timings[(mode, s.name)].median(n) for s in sizes.levels) for n in IMPLS}
         ratios = {n: _sum_ratios(timings, mode, sizes, n) for n in (REF1, REF2)}
-        rows.append(
-            (mode, "sum of 3 levels", "", "", "", f"{_ms(total[OURS]):,.0f}",
-             f"{_ms(total[REF1]):,.0f}", f"{_ms(total[REF2]):,.0f}",
-             _spread(ratios[REF1]), _spread(ratios[REF2]), "", "", "", "")
-        )
-    headers = [
-        "mode", "level", "C x H x W", "B", "GFLOP", f"{OURS} (ms)", f"{REF1} (ms)",
-        f"{REF2} (ms)", "ref 1 / ours", "ref 2 / ours", "ceiling (GFLOP/s)", "ours % ceil",
-        "ref 1 % ceil", "ref 2 % ceil",
-    ]
-    return markdown_table(headers, rows), timings
+        rows.append({
+            "mode": mode, "level": "sum of 3 levels",
+            "ref 1 / ours": _spread(ratios[REF1]), "ref 2 / ours": _spread(ratios[REF2]),
+            **{f"{impl} (ms)": f"{_ms(total[impl]):,.0f}" for impl in IMPLS},
+        })
+    return markdown_table(LEVEL_COLUMNS, rows), timings
 
 
 def _sum_ratios(timings: dict, mode: str, sizes: Sizes, ref: str) -> list[float]:
@@ -453,14 +475,21 @@ def _sum_ratios(timings: dict, mode: str, sizes: Sizes, ref: str) -> list[float]
     ]
 
 
-def _level_row(mode: str, shape: Shape, timing: Timing) -> tuple[object, ...]:
-    return (
-        mode, shape.name, f"{shape.channels} x {shape.side} x {shape.side}", shape.batch,
-        timing.flops / 1e9, _ms(timing.median(OURS)), _ms(timing.median(REF1)),
-        _ms(timing.median(REF2)), f"{timing.ratio(REF1):.2f}", f"{timing.ratio(REF2):.2f}",
-        statistics.median(timing.ceiling) / 1e9, _pct(timing.fraction(OURS)),
-        _pct(timing.fraction(REF1)), _pct(timing.fraction(REF2)),
-    )
+def _level_row(mode: str, shape: Shape, timing: Timing, name: str = "level") -> dict:
+    """A row of the levels (``name="level"``) or high-resolution (``"case"``) table."""
+    return {
+        "mode": mode, name: shape.name,
+        "ref 1 / ours": f"{timing.ratio(REF1):.2f}", "ref 2 / ours": f"{timing.ratio(REF2):.2f}",
+        "ours % ceil": _pct(timing.fraction(OURS)), "ref 1 % ceil": _pct(timing.fraction(REF1)),
+        "ref 2 % ceil": _pct(timing.fraction(REF2)),
+        **{f"{impl} (ms)": _ms(timing.median(impl)) for impl in IMPLS},
+        "GFLOP": timing.flops / 1e9, "ceiling (GFLOP/s)": statistics.median(timing.ceiling) / 1e9,
+        "C x H x W": _shape(shape), "B": shape.batch,
+    }
+
+
+def _shape(shape: Shape) -> str:
+    return f"{shape.channels} x {shape.side} x {shape.side}"
 
 
 MemoryKey = tuple[str, int, int, int]
@@ -503,20 +532,16 @@ def _high_res_section(runner: Runner, args: BenchArgs, sizes: Sizes,
         out[mode] = timing
         print(f"[composite] high-res {mode}: " + ", ".join(
             f"{n} {_ms(timing.median(n)):.0f} ms" for n in IMPLS))
-        rows.append(_level_row(mode, shape, timing))
-    headers = [
-        "mode", "case", "C x H x W", "B", "GFLOP", f"{OURS} (ms)", f"{REF1} (ms)",
-        f"{REF2} (ms)", "ref 1 / ours", "ref 2 / ours", "ceiling (GFLOP/s)", "ours % ceil",
-        "ref 1 % ceil", "ref 2 % ceil",
-    ]
-    table = markdown_table(headers, rows)
+        rows.append(_level_row(mode, shape, timing, name="case"))
+    table = markdown_table(HIGH_RES_COLUMNS, rows)
     mem_rows = [
-        (impl, f"{memory[_key(impl, shape)] / 2**20:,.0f}",
-         _share(memory[_key(impl, shape)], memory[_key(REF1, shape)]))
+        {"implementation": impl,
+         "/ ref 1": _share(memory[_key(impl, shape)], memory[_key(REF1, shape)]),
+         "peak (MiB)": f"{memory[_key(impl, shape)] / 2**20:,.0f}"}
         for impl in IMPLS
     ]
     table += "\nPeak memory of one forward + backward at N = " f"{shape.tokens}:\n\n"
-    table += markdown_table(["implementation", "peak (MiB)", "/ ref 1"], mem_rows)
+    table += markdown_table(MEMORY_COLUMNS, mem_rows)
     return table, out
 
 
@@ -534,20 +559,21 @@ def _parts_text(runner: Runner, args: BenchArgs, sizes: Sizes) -> str:
             print(f"[composite] part {part} {shape.name}: " + ", ".join(
                 f"{n} {_ms(timing.median(n)):.1f} ms" for n in impl_steps))
             memory_bound = part == "preservation"
-            rows.append((
-                part, shape.name, f"{shape.channels} x {shape.side} x {shape.side}", shape.batch,
-                _ms(timing.median(OURS)), _ms(timing.median(REF1)),
-                _ms(timing.median(REF2)) if has_ref2 else "n/a",
-                f"{timing.ratio(REF1):.2f}", f"{timing.ratio(REF2):.2f}" if has_ref2 else "n/a",
-                "n/a" if memory_bound else _pct(timing.fraction(OURS)),
-                "n/a" if memory_bound else _pct(timing.fraction(REF1)),
-                _pct(timing.fraction(REF2)) if has_ref2 and not memory_bound else "n/a",
-            ))
-    headers = [
-        "part", "level", "C x H x W", "B", f"{OURS} (ms)", f"{REF1} (ms)", f"{REF2} (ms)",
-        "ref 1 / ours", "ref 2 / ours", "ours % ceil", "ref 1 % ceil", "ref 2 % ceil",
-    ]
-    return markdown_table(headers, rows)
+            rows.append({
+                "part": part, "level": shape.name,
+                "ref 1 / ours": f"{timing.ratio(REF1):.2f}",
+                "ref 2 / ours": f"{timing.ratio(REF2):.2f}" if has_ref2 else "n/a",
+                "ours % ceil": "n/a" if memory_bound else _pct(timing.fraction(OURS)),
+                "ref 1 % ceil": "n/a" if memory_bound else _pct(timing.fraction(REF1)),
+                "ref 2 % ceil": (
+                    _pct(timing.fraction(REF2)) if has_ref2 and not memory_bound else "n/a"
+                ),
+                f"{OURS} (ms)": _ms(timing.median(OURS)),
+                f"{REF1} (ms)": _ms(timing.median(REF1)),
+                f"{REF2} (ms)": _ms(timing.median(REF2)) if has_ref2 else "n/a",
+                "C x H x W": _shape(shape), "B": shape.batch,
+            })
+    return markdown_table(PART_COLUMNS, rows)
 
 
 def _sweep_text(runner: Runner, args: BenchArgs, sizes: Sizes,
@@ -563,18 +589,14 @@ def _sweep_text(runner: Runner, args: BenchArgs, sizes: Sizes,
             series[impl].append(
                 (shape.tokens, _ms(timing.median(impl)), memory[_key(impl, shape)] / 2**20)
             )
-        rows.append((
-            shape.tokens, f"{shape.side} x {shape.side}",
-            *(_ms(timing.median(i)) for i in IMPLS),
-            *(f"{memory[_key(i, shape)] / 2**20:,.0f}" for i in IMPLS),
-            _share(memory[_key(OURS, shape)], memory[_key(REF1, shape)]),
-            _pct(timing.fraction(OURS)),
-        ))
-    headers = [
-        "N", "map", *(f"{i} (ms)" for i in IMPLS), *(f"{i} peak (MiB)" for i in IMPLS),
-        "ours / ref 1 memory", "ours % ceil",
-    ]
-    return markdown_table(headers, rows), series
+        rows.append({
+            "N": shape.tokens, "map": f"{shape.side} x {shape.side}",
+            "ours / ref 1 memory": _share(memory[_key(OURS, shape)], memory[_key(REF1, shape)]),
+            "ours % ceil": _pct(timing.fraction(OURS)),
+            **{f"{i} (ms)": _ms(timing.median(i)) for i in IMPLS},
+            **{f"{i} peak (MiB)": f"{memory[_key(i, shape)] / 2**20:,.0f}" for i in IMPLS},
+        })
+    return markdown_table(SWEEP_COLUMNS, rows), series
 
 
 def _limits_text(runner: Runner, args: BenchArgs, sizes: Sizes) -> str:
@@ -642,38 +664,40 @@ def _limits_text(runner: Runner, args: BenchArgs, sizes: Sizes) -> str:
         bound = total_flops / (
             (total_flops - attention_flops) / projection_rate + attention_flops / attention_rate
         )
-        rows.append((
-            shape.name, f"{shape.channels} x {shape.side} x {shape.side}", shape.batch,
-            _ms(step_s), f"{100 * sys_share:.0f}%", f"{faulted / 2**20:,.0f}",
-            _pct(attention_rate), f"{100 * attention_s / step_s:.0f}%",
-            "none: used in place" if shape.tokens >= PER_SAMPLE_MIN_TOKENS
-            else f"{100 * 4 * timing.median('transpose') / step_s:.0f}%",
-            _pct(projection_rate), _pct(bound),
-        ))
+        rows.append({
+            "level": shape.name,
+            "bound from the two kernels, % ceil": _pct(bound),
+            "attention kernel alone, % ceil": _pct(attention_rate),
+            "projection GEMM alone, % ceil": _pct(projection_rate),
+            "attention share of step": f"{100 * attention_s / step_s:.0f}%",
+            "NCHW <-> token transposes, share": (
+                "none: used in place" if shape.tokens >= PER_SAMPLE_MIN_TOKENS
+                else f"{100 * 4 * timing.median('transpose') / step_s:.0f}%"
+            ),
+            "kernel (sys) share": f"{100 * sys_share:.0f}%",
+            "fresh pages per step (MiB)": f"{faulted / 2**20:,.0f}",
+            "valfusion fwd+bwd (ms)": _ms(step_s),
+            "C x H x W": _shape(shape), "B": shape.batch,
+        })
         print(f"[composite] limits {shape.name}: sys {100 * sys_share:.0f}%, attention "
               f"{_pct(timing.fraction('attention'))} of ceiling")
-    headers = [
-        "level", "C x H x W", "B", "valfusion fwd+bwd (ms)", "kernel (sys) share",
-        "fresh pages per step (MiB)", "attention kernel alone, % ceil",
-        "attention share of step", "NCHW <-> token transposes, share",
-        "projection GEMM alone, % ceil", "bound from the two kernels, % ceil",
-    ]
-    return markdown_table(headers, rows) + (
-        "\nColumns: the step's CPU time (the run's clock) and the share of it spent in the "
-        "kernel (`getrusage` system time: page faults zero-filling fresh memory); the "
-        "memory the step faulted in (minor faults x page size); the fused attention kernel "
+    return markdown_table(LIMIT_COLUMNS, rows) + (
+        "\nColumns, left to right: the bound that the two kernels' rates put on the whole "
+        "step: the step's useful FLOPs over the time they would take if every FLOP outside "
+        "attention ran at the projection GEMM's rate, the attention at its kernel's, and "
+        "nothing else (norms, gates, copies) took any time; the fused attention kernel "
         "(`F.scaled_dot_product_attention`, forward + backward, q/k/v in the layer's layout) "
-        "alone: its useful FLOP/s (3 x 4 N^2 C B) over the GEMM ceiling, and its time over "
-        "the step's; for maps under `PER_SAMPLE_MIN_TOKENS` positions, which the layer "
-        "transposes to token-major memory (twice forward, twice backward), four times one "
-        "`(B, C, H, W) -> (B, H, W, C)` copy over the step; larger NCHW maps are read and "
-        "written in place by per-sample GEMMs; one `(B N, C) x (C, C)` matrix product (the "
-        "shape of the level's fusion and projection GEMMs) alone, its FLOP/s over the "
-        "ceiling; and the bound those two rates put on the whole step: the step's useful "
-        "FLOPs over the time they would take if every FLOP outside attention ran at the "
-        "projection GEMM's rate, the attention at its kernel's, and nothing else (norms, "
-        "gates, copies) took any time. A level whose bound is under 70% cannot meet the "
-        "70% target with these kernels.\n"
+        "alone: its useful FLOP/s (3 x 4 N^2 C B) over the GEMM ceiling; one `(B N, C) x "
+        "(C, C)` matrix product (the shape of the level's fusion and projection GEMMs) "
+        "alone, its FLOP/s over the ceiling; the attention kernel's time over the step's; "
+        "for maps under `PER_SAMPLE_MIN_TOKENS` positions, which the layer transposes to "
+        "token-major memory (twice forward, twice backward), four times one "
+        "`(B, C, H, W) -> (B, H, W, C)` copy over the step (larger NCHW maps are read and "
+        "written in place by per-sample GEMMs); the share of the step's CPU time spent in "
+        "the kernel (`getrusage` system time: page faults zero-filling fresh memory); the "
+        "memory the step faulted in (minor faults x page size); the step's CPU time (the "
+        "run's clock). A level whose bound is under 70% cannot meet the 70% target with "
+        "these kernels.\n"
     )
 
 
@@ -707,33 +731,37 @@ def _allocator_text(args: BenchArgs, sizes: Sizes, threads: int) -> str:
             return flops / min(per_round(name, "seconds")) / best_gemm
 
         default, tuned = (per_round(n, "seconds") for n in settings)
-        rows.append((
-            shape.name, f"{shape.channels} x {shape.side} x {shape.side}", shape.batch,
-            _ms(min(default)), _ms(min(tuned)), f"{min(default) / min(tuned):.2f}",
-            _spread([d / t for d, t in zip(default, tuned, strict=True)]),
-            f"{statistics.median(per_round('glibc defaults', 'faulted_bytes')) / 2**20:,.0f}",
-            f"{statistics.median(per_round('no fresh pages', 'faulted_bytes')) / 2**20:,.0f}",
-            _pct(best_fraction("glibc defaults")), _pct(best_fraction("no fresh pages")),
-        ))
+        faulted = {
+            name: f"{statistics.median(per_round(name, 'faulted_bytes')) / 2**20:,.0f}"
+            for name in settings
+        }
+        rows.append({
+            "level": shape.name,
+            "speed-up (best / best)": f"{min(default) / min(tuned):.2f}",
+            "speed-up per round, median [min, max]": _spread(
+                [d / t for d, t in zip(default, tuned, strict=True)]
+            ),
+            "defaults, % ceil (best)": _pct(best_fraction("glibc defaults")),
+            "no fresh pages, % ceil (best)": _pct(best_fraction("no fresh pages")),
+            "glibc defaults, best (ms)": _ms(min(default)),
+            "no fresh pages, best (ms)": _ms(min(tuned)),
+            "fresh pages per step, defaults (MiB)": faulted["glibc defaults"],
+            "fresh pages per step, no fresh pages (MiB)": faulted["no fresh pages"],
+            "C x H x W": _shape(shape), "B": shape.batch,
+        })
         print(f"[composite] allocator {shape.name}: best {_ms(min(default)):.0f} ms "
               f"-> {_ms(min(tuned)):.0f} ms")
     env = " ".join(f"`{k}={v}`" for k, v in NO_FAULT_MALLOC_ENV.items())
-    headers = [
-        "level", "C x H x W", "B", "glibc defaults, best (ms)", "no fresh pages, best (ms)",
-        "speed-up (best / best)", "speed-up per round, median [min, max]",
-        "fresh pages per step, defaults (MiB)", "fresh pages per step, no fresh pages (MiB)",
-        "defaults, % ceil (best)", "no fresh pages, % ceil (best)",
-    ]
     return (
         "\n## The allocator: the same step without page faults\n\n"
-        + markdown_table(headers, rows)
+        + markdown_table(ALLOCATOR_COLUMNS, rows)
         + f"\nEach setting runs in its own subprocess (glibc reads its variables at start), "
         f"{rounds} round(s) alternating between the two; each child times valfusion's "
         "fwd+bwd at every level (blocked_autorange median; CPU time for one thread) and "
         f"its own {sizes.gemm_n}^3 GEMM ceiling. The run-to-run spread of this machine is "
-        "larger than the effect, so the first figures are the fastest round of each setting "
-        "(load from other jobs only ever adds time) and the spread of the per-round ratios "
-        "follows. \"glibc defaults\": no `MALLOC_*` variable. \"no fresh pages\": "
+        "larger than the effect, so the speed-up is given first between the fastest rounds of "
+        "the two settings (load from other jobs only ever adds time), then as the median "
+        "[min, max] of the per-round ratios. \"glibc defaults\": no `MALLOC_*` variable. \"no fresh pages\": "
         f"{env}, so that no tensor gets its own `mmap` and freed memory stays in the heap: "
         "each step reuses the pages of the one before instead of having the kernel "
         "zero-fill new ones. The layer is the same; this is a setting of the process that "
@@ -848,7 +876,7 @@ def _run(args: BenchArgs, threads: int) -> None:
 
 
 def _targets(timings: dict, memory: dict[MemoryKey, int], sizes: Sizes) -> str:
-    """The performance targets of ``performance.md``, each with its measured figure."""
+    """The project's performance targets (each stated in the table), with its measured figure."""
     names = [s.name for s in sizes.levels]
     r1, r2 = (_sum_ratios(timings, "fwd+bwd", sizes, ref) for ref in (REF1, REF2))
     fractions = {n: timings[("fwd+bwd", n)].fractions(OURS) for n in names}
@@ -888,7 +916,7 @@ def _targets(timings: dict, memory: dict[MemoryKey, int], sizes: Sizes) -> str:
             f"({100 * total_flops / (ref_s / factor) / ceiling:.0f}% of the ceiling)"
         )
     return (
-        "## Targets (performance.md)\n\nMeasured: median over rounds [min, max] of the "
+        "## Targets\n\nMeasured: median over rounds [min, max] of the "
         "per-round values.\n\n" + markdown_table(["target", "measured", "status"], rows)
         + "\nWhat limits a level's fraction of the ceiling (on the CPU) is measured in "
         "`composite_limits.md`, from the same run: the attention kernel's and the projection "

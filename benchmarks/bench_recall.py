@@ -70,6 +70,16 @@ from valfusion.metrics.ranking import (
 )
 
 KS = (1, 10, 50)
+# The tables' columns: the row's name, its comparisons (to the ceiling, to one score
+# block), then the figures they come from.
+TIMING_COLUMNS = (
+    "threads", "queries", "method", "x ceiling (best)", "x ceiling (median)", "roofline",
+    "best time (ms)",
+)
+MEMORY_COLUMNS = (
+    "chunk_size", "peak / block", "peak above inputs (MiB)", "score block (MiB)",
+    "inputs (MiB)", "time (s)",
+)
 # Noise added to the target to make a "near" query (|noise| ~ NEAR_NOISE * |target|):
 # chosen so that R@1/10/50 (about 0.2 / 0.45 / 0.63) look like a trained composed-retrieval
 # model's on FashionIQ or Shoes.
@@ -377,20 +387,20 @@ def _report(args: BenchArgs, sizes: Sizes, rounds: int, recalls: dict[str, dict[
             for method in ("ceiling", "recall_at_k cosine", "recall_at_k dot"):
                 name = f"{method} ({query_set})"
                 label = "ceiling: GEMM + topk" if method == "ceiling" else method
-                rows.append((timing.threads, query_set, label, timing.best(name) * 1e3,
+                rows.append((timing.threads, query_set, label,
                              f"{timing.best_ratio(name, query_set):.2f}",
                              f"{timing.ratio(name, query_set):.2f}",
-                             f"{flops / timing.best(name) / timing.gemm_flops:.0%}"))
+                             f"{flops / timing.best(name) / timing.gemm_flops:.0%}",
+                             timing.best(name) * 1e3))
     main = timings[0]
     ceil_near = main.best("ceiling (near)")
     rows.append((main.threads, "near",
                  f"RetrievalRecall, 3 K (timed once on {sizes.torchmetrics_queries} queries, "
                  f"scaled x{sizes.queries / sizes.torchmetrics_queries:g})",
-                 tm_seconds * 1e3, f"{tm_seconds / ceil_near:.1f}", "-", "-"))
+                 f"{tm_seconds / ceil_near:.1f}", "-", "-", tm_seconds * 1e3))
     rows.append((main.threads, "near", "per-query sort loop (timed once, all queries)",
-                 loop_seconds * 1e3, f"{loop_seconds / ceil_near:.1f}", "-", "-"))
-    text += markdown_table(["threads", "queries", "method", "best time (ms)", "x ceiling (best)",
-                            "x ceiling (median)", "roofline"], rows)
+                 f"{loop_seconds / ceil_near:.1f}", "-", "-", loop_seconds * 1e3))
+    text += markdown_table(TIMING_COLUMNS, rows)
 
     ours = main.best("recall_at_k cosine (near)")
     speedup_tm, speedup_loop = tm_seconds / ours, loop_seconds / ours
@@ -443,11 +453,10 @@ def _report(args: BenchArgs, sizes: Sizes, rounds: int, recalls: dict[str, dict[
     for chunk, m in memory:
         block = chunk * sizes.memory_gallery * 4
         extra = m["peak"] - m["base"]
-        mem_rows.append((chunk, f"{m['inputs'] / 2**20:,.0f}", f"{block / 2**20:,.0f}",
-                         f"{extra / 2**20:,.0f}", f"{extra / block:.2f}", f"{m['seconds']:.1f}"))
-    text += markdown_table(
-        ["chunk_size", "inputs (MiB)", "score block (MiB)", "peak above inputs (MiB)",
-         "peak / block", "time (s)"], mem_rows)
+        mem_rows.append((chunk, f"{extra / block:.2f}", f"{extra / 2**20:,.0f}",
+                         f"{block / 2**20:,.0f}", f"{m['inputs'] / 2**20:,.0f}",
+                         f"{m['seconds']:.1f}"))
+    text += markdown_table(MEMORY_COLUMNS, mem_rows)
     text += (
         "\nWorking memory follows the chunk size, not the number of queries: one score block, "
         "the counting passes' two masks of about 1 MiB each, or of one gallery row each when a "

@@ -61,6 +61,12 @@ OURS, REF1, REF2 = "valfusion", "ref 1 (official graph)", "ref 2 (MHA port)"
 CEILING = "GEMM ceiling"
 VOCAB = 1000
 WITH_REFERENCES = ("val", "val_official")
+# The composer, its comparisons (ratios to the references, fraction of the ceiling), then
+# the figures they come from.
+COLUMNS = (
+    "composer", "ref 1 / ours", "ref 2 / ours", "% ceiling", "samples/s", f"{OURS} (ms)",
+    f"{REF1} (ms)", f"{REF2} (ms)", "GFLOP/step",
+)
 
 
 def _config(name: str, tiny: bool) -> VALConfig:
@@ -173,13 +179,13 @@ def _run(args: BenchArgs, threads: int) -> None:
         print(f"[train_step] {name}: {statistics.median(ours) * 1e3:.1f} ms")
         rows.append((
             name,
-            statistics.median(ours) * 1e3,
-            *(statistics.median(times[k]) * 1e3 if k in times else "n/a" for k in (REF1, REF2)),
             ratios.get(REF1, "n/a"),
             ratios.get(REF2, "n/a"),
-            batch_size / statistics.median(ours),
-            flops / 1e9,
             f"{100 * fraction:.0f}%",
+            batch_size / statistics.median(ours),
+            statistics.median(ours) * 1e3,
+            *(statistics.median(times[k]) * 1e3 if k in times else "n/a" for k in (REF1, REF2)),
+            flops / 1e9,
         ))
     text = environment_header("VAL training step, per composer", device=args.device)
     text += (
@@ -195,9 +201,5 @@ def _run(args: BenchArgs, threads: int) -> None:
         "`torch.mm` timed in the same rounds. References: every level's composer replaced by "
         "`benchmarks/references.py` (same weights).\n\n"
     )
-    text += markdown_table(
-        ["composer", f"{OURS} (ms)", f"{REF1} (ms)", f"{REF2} (ms)", "ref 1 / ours",
-         "ref 2 / ours", "samples/s", "GFLOP/step", "% ceiling"],
-        rows,
-    )
+    text += markdown_table(COLUMNS, rows)
     write_result("train_step.md", text, args)

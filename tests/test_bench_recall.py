@@ -11,4 +11,4 @@ def test_recall_benchmark_runs_at_tiny_sizes_and_prints_its_tables(capsys):
     out = capsys.readouterr().out
     assert "| random | recall_at_k cosine |" in out
     assert "| >= 50x faster than RetrievalRecall" in out
-    assert "| chunk_size | inputs (MiB) | score block (MiB) |" in out
+    assert "| chunk_size | peak / block | peak above inputs (MiB) |" in out
