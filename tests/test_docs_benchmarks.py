@@ -182,8 +182,8 @@ def _png(image) -> bytes:
 
 
 def test_fit_png_keeps_a_picture_of_few_colours_exactly():
-    image_module = pytest.importorskip("PIL.Image")
-    torch = pytest.importorskip("torch")
+    image_module = importlib.import_module("PIL.Image")
+    torch = importlib.import_module("torch")
     generator = torch.Generator().manual_seed(0)
     colours = torch.randint(0, 256, (40, 3), generator=generator, dtype=torch.uint8)
     index = torch.randint(0, 40, (60, 80), generator=generator)
@@ -200,8 +200,8 @@ def test_fit_png_keeps_a_picture_of_few_colours_exactly():
 def _noisy_canvases(size: tuple[int, int]):
     """Six 64 x 64 noisy canvases of one colour each, drawn at ``size`` (bilinear), like
     the demo's renders in its pictures: noise that compresses badly."""
-    image_module = pytest.importorskip("PIL.Image")
-    torch = pytest.importorskip("torch")
+    image_module = importlib.import_module("PIL.Image")
+    torch = importlib.import_module("torch")
     generator = torch.Generator().manual_seed(0)
     base = torch.randint(0, 256, (6, 1, 1, 3), generator=generator).float()
     noise = 12 * torch.randn(6, 64, 64, 3, generator=generator)
@@ -212,7 +212,7 @@ def _noisy_canvases(size: tuple[int, int]):
 
 
 def test_fit_png_brings_a_noisy_picture_under_the_limit():
-    image_module = pytest.importorskip("PIL.Image")
+    image_module = importlib.import_module("PIL.Image")
     original = _noisy_canvases((300, 200))
     limit = 40_000
     assert len(_png(original)) > 2 * limit

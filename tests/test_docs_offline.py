@@ -40,7 +40,7 @@ offline_site = _load_hook()
 
 
 def _mkdocs_config() -> dict:
-    yaml = pytest.importorskip("yaml")
+    yaml = importlib.import_module("yaml")
 
     class Loader(yaml.SafeLoader):
         pass
@@ -122,8 +122,8 @@ def test_site_external_assets_names_the_file(tmp_path):
 
 def _arithmatex_html(markdown_text: str) -> str:
     """``markdown_text`` converted as the site converts it (arithmatex in generic mode)."""
-    markdown = pytest.importorskip("markdown")
-    pytest.importorskip("pymdownx")
+    markdown = importlib.import_module("markdown")
+    importlib.import_module("pymdownx")
     return markdown.markdown(markdown_text, extensions=["pymdownx.arithmatex"],
                              extension_configs={"pymdownx.arithmatex": {"generic": True}})
 
@@ -133,7 +133,7 @@ def _math_elements(page_html: str) -> list[ET.Element]:
 
 
 def test_math_is_rendered_to_mathml_at_build_time():
-    pytest.importorskip("latex2mathml")
+    importlib.import_module("latex2mathml")
     page = _arithmatex_html(
         "A rank $r < K$ counts.\n\n$$\n\\mathrm{R@K} = \\frac{1}{Q} \\sum_q [r_q < K]\n$$\n"
     )
@@ -158,7 +158,7 @@ def test_math_is_rendered_to_mathml_at_build_time():
      ("\\softmax(x)", "uses unknown commands \\['\\\\\\\\softmax'\\]")],
 )
 def test_a_formula_that_cannot_be_rendered_names_its_page(tex, message):
-    pytest.importorskip("latex2mathml")
+    importlib.import_module("latex2mathml")
     page = _arithmatex_html(f"Before ${tex}$ after.\n")
     with pytest.raises(offline_site.MathError, match=f"^api/losses.md: .*{message}"):
         offline_site.render_math(page, where="api/losses.md")
@@ -167,7 +167,7 @@ def test_a_formula_that_cannot_be_rendered_names_its_page(tex, message):
 @pytest.mark.slow
 def test_built_site_loads_nothing_from_other_hosts(tmp_path):
     for module in ("mkdocs", "material", "mkdocstrings", "latex2mathml"):
-        pytest.importorskip(module)
+        importlib.import_module(module)
     site = tmp_path / "site"
     done = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
