@@ -413,7 +413,7 @@ def _same_model_files(a: Path, b: Path) -> bool:
 def test_a_signal_saves_a_checkpoint_and_resume_ends_with_the_uninterrupted_weights(tmp_path, capsys, signum, status):
     # The default --checkpoint-every 0: before, a stopped run had no checkpoint at all.
     data = ["--data", "synthetic", "-o", "num_train=64", "-o", "num_test=16"]
-    options = [*data, *TINY_CLI, "--steps", "60"]
+    options = [*data, *TINY_CLI, "--steps", "40"]
     process = _start_train([*options, "--out", str(tmp_path / "cut")])
     read = _wait_for_a_step(process)
     process.send_signal(signum)
@@ -423,7 +423,7 @@ def test_a_signal_saves_a_checkpoint_and_resume_ends_with_the_uninterrupted_weig
     assert stop_line.startswith("valfusion train: stopped by") and "Traceback" not in "\n".join(lines)
     saved = latest_checkpoint(tmp_path / "cut" / "checkpoints")
     assert saved is not None and str(saved) in stop_line and "--resume" in stop_line
-    assert 0 < load_checkpoint(saved)["step"] < 60
+    assert 0 < load_checkpoint(saved)["step"] < 40
 
     assert main(["train", *options, "--out", str(tmp_path / "straight"), "--no-progress"]) == 0
     assert main(["train", *data, "--out", str(tmp_path / "cut"), "--resume", "--no-progress"]) == 0
@@ -456,7 +456,7 @@ def _png_folder(root: Path) -> Path:
 @pytest.mark.slow
 def test_an_image_file_damaged_mid_training_saves_a_checkpoint_and_resumes_once_restored(tmp_path, capsys):
     folder = _png_folder(tmp_path / "data")
-    options = ["--data", str(folder), *TINY_CLI, "--batch-size", "4", "--steps", "60"]
+    options = ["--data", str(folder), *TINY_CLI, "--batch-size", "4", "--steps", "40"]
     victim = folder / "img" / "red_left.png"
     original = victim.read_bytes()
     process = _start_train([*options, "--out", str(tmp_path / "cut")])
