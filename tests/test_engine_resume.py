@@ -285,6 +285,51 @@ def test_sigterm_stops_at_the_next_step_boundary_and_restores_the_previous_handl
     assert_same_training_state(newest_state(tmp_path / "cut"), newest_state(tmp_path / "clean"))
 
 
+def _stopping_worker(rank: int, store: str, out_dir: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    from valfusion.engine import TrainingStopped
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{store}", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=120)
+    )
+    try:
+        data = SyntheticBenchmark(num_train=64, num_test=16, seed=3, image_size=32).data()
+        config = tiny_config(steps=12)
+        if rank == 1:  # only this process is signalled, while it reads its batch of step 3 or earlier
+            sampler = ResumableSampler(len(data.train), seed=config.seed, rank=1, world_size=2)
+            sampler.set_epoch(0)
+            trigger = data.train.triplets[list(sampler)[3 * BATCH]].reference
+            images = _SignalsWhenRead(data.train.images, trigger)
+            data = dataclasses.replace(data, train=dataclasses.replace(data.train, images=images))
+        try:
+            train(data, config, Path(out_dir) / "run", progress=False)
+            outcome = None
+        except TrainingStopped as stopped:
+            outcome = [stopped.reason, stopped.step, stopped.signal]
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps(outcome))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+@pytest.mark.skipif(os.name != "posix", reason="delivers SIGTERM to one process")
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_stopping_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    outcomes = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert outcomes[0] == outcomes[1]
+    reason, step, signum = outcomes[0]
+    assert (reason, signum) == ("signal", signal.SIGTERM) and 0 <= step <= 3
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == [f"step_{step:07d}.pt"]
+    assert len(load_checkpoint(tmp_path / "run" / "checkpoints" / f"step_{step:07d}.pt")["rng"]) == 2
+
+
 def test_stop_signals_install_nothing_outside_the_main_thread():
     from valfusion.engine import StopSignals
 

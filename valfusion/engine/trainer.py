@@ -27,7 +27,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -546,8 +546,8 @@ class Trainer:
                     self._train_until(until, signals, progress)
                 self.save_checkpoint()
                 stop_signal = self._agree(signals.received or 0)[0]
-                if stop_signal:
-                    self._stop("signal", f"stopped by {signal.Signals(stop_signal).name}", stop_signal)
+                if stop_signal:  # it came during the last step: skip the final evaluation
+                    raise self._stopped("signal", f"stopped by {signal.Signals(stop_signal).name}", stop_signal)
             if self.step >= config.steps:
                 metrics = self.evaluate()
                 self._record_eval(metrics, progress)
@@ -579,19 +579,24 @@ class Trainer:
                     failure = error
                 failed, stop_signal = self._agree(int(failure is not None), signals.received or 0)
                 if failed:
+                    self.save_checkpoint()
                     detail = "another process failed to read its batch" if failure is None else _one_line(failure)
-                    self._stop("data error", f"reading the batch of step {self.step + 1} failed: {detail}", cause=failure)
+                    raise self._stopped(
+                        "data error", f"reading the batch of step {self.step + 1} failed: {detail}"
+                    ) from failure
                 if stop_signal:
-                    self._stop("signal", f"stopped by {signal.Signals(stop_signal).name}", stop_signal)
+                    self.save_checkpoint()
+                    raise self._stopped("signal", f"stopped by {signal.Signals(stop_signal).name}", stop_signal)
                 assert batch is not None
                 try:
                     loss = self._train_step(batch)
                 except _NonFinite as error:
-                    self._stop(
+                    self.save_checkpoint()
+                    raise self._stopped(
                         "non-finite loss",
                         f"{error} at step {self.step + 1}, before the optimiser step; "
                         f"lower lr (now {config.lr}) or keep grad_clip on (now {config.grad_clip})",
-                    )
+                    ) from None
                 lr = self.scheduler.get_last_lr()[0]
                 self.step += 1
                 window_steps += 1
@@ -614,18 +619,17 @@ class Trainer:
         finally:
             batches.close()
 
-    def _stop(self, reason: str, what: str, stop_signal: int | None = None, cause: BaseException | None = None) -> NoReturn:
-        """Save the state after the last completed step, then raise :class:`TrainingStopped`."""
-        self.save_checkpoint()
+    def _stopped(self, reason: str, what: str, stop_signal: int | None = None) -> TrainingStopped:
+        """The exception for a stop after :meth:`save_checkpoint` saved the current step."""
         path = None if self.run_dir is None else checkpoint_path(self.run_dir / CHECKPOINT_DIR, self.step)
         where = "is kept in the trainer (no run directory)" if path is None else f"is saved in {path}"
-        raise TrainingStopped(
+        return TrainingStopped(
             f"{what}; the state after step {self.step} {where}",
             reason=reason,
             step=self.step,
             checkpoint=path,
             signal=stop_signal,
-        ) from cause
+        )
 
     def _record_eval(self, metrics: dict[str, Any], progress: Progress) -> None:
         entry = {"step": self.step, **{k: v for k, v in metrics.items() if k.startswith("recall@")}}
