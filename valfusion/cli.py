@@ -272,6 +272,7 @@ def _train_config(args: argparse.Namespace, image_size: int) -> Any:
     )
 
 
+_NOT_SET = object()
 _SETTINGS_THAT_MAY_CHANGE = ("eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "device")
 
 
@@ -338,9 +339,6 @@ def _resume_settings(args: argparse.Namespace, run_dir: Path) -> tuple[Any, dict
     saved = config.to_dict()
     saved.update({k: getattr(args, k) for k in _SETTINGS_THAT_MAY_CHANGE if getattr(args, k) is not None})
     return TrainConfig.from_dict(saved), options, image_size
-
-
-_NOT_SET = object()
 
 
 def _report_stopped(stopped: Any, resume: str | None) -> None:
