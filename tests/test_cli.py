@@ -474,3 +474,67 @@ def test_search_warnings_about_missing_glyphs_are_one_line(trained, capsys, tmp_
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("valfusion search: warning:") and "glyph" in lines[0]
     assert picture.is_file()
+
+
+def test_resume_refuses_other_data_naming_each_difference(capsys, tmp_path):
+    import torch
+
+    threads = torch.get_num_threads()
+    small = ["--data", "synthetic", "-o", "num_train=16", "-o", "num_test=8"]
+    run_dir = tmp_path / "run"
+    assert run(["train", *small, "--out", str(run_dir), *TINY], capsys)[0] == 0
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    folder = write_folder(tmp_path / "data")
+    try:
+        code, _, err = run(
+            ["train", "--data", str(folder), "-o", "num_train=32", "--image-size", "48", "--threads", str(threads + 1),
+             "--out", str(run_dir), "--resume", "--no-progress"],
+            capsys,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 2 and err.count("\n") == 1, err
+    for part in (
+        f"--data: saved 'synthetic', given 'folder:{folder.resolve()}'",
+        "-o num_train: saved 16, given 32",
+        "--image-size: saved 32, given 48",
+        f"--threads: saved {threads}, given {threads + 1}",
+    ):
+        assert part in err
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+
+
+def test_resume_after_the_annotations_changed_is_refused(capsys, tmp_path):
+    folder = write_folder(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    assert run(["train", "--data", str(folder), "--out", str(run_dir), *TINY], capsys)[0] == 0
+    lines = (folder / "train.jsonl").read_text().splitlines()
+    lines[0] = lines[0].replace("make it", "make it a bit")
+    (folder / "train.jsonl").write_text("\n".join(lines) + "\n")
+    code, _, err = run(["train", "--data", str(folder), "--out", str(run_dir), "--resume", "--no-progress"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "annotations: saved fingerprint" in err
+
+
+def test_resume_accepts_options_given_again_with_their_saved_values(capsys, tmp_path):
+    folder = write_folder(tmp_path / "data")
+    run_dir = tmp_path / "run"
+    assert run(["train", "--data", str(folder), "--out", str(run_dir), *TINY], capsys)[0] == 0
+    (run_dir / "metrics.json").unlink()
+    # The same training, model and data options again, and one that may change (--keep-checkpoints).
+    code, _, err = run(
+        ["train", "--data", str(folder), "--out", str(run_dir), "--resume", *TINY, "--keep-checkpoints", "1"], capsys
+    )
+    assert code == 0, err
+    assert (run_dir / "metrics.json").is_file()
+
+
+def test_diverging_run_exits_1_with_one_line_and_a_resumable_checkpoint(capsys, tmp_path):
+    run_dir = tmp_path / "run"
+    diverging = [*TINY[:1], "10", *TINY[2:], "--lr", "1e8", "--grad-clip", "0", "--warmup-steps", "0"]
+    code, _, err = run(["train", "--data", str(write_folder(tmp_path / "data")), "--out", str(run_dir), *diverging], capsys)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    saved = sorted((run_dir / "checkpoints").iterdir())
+    assert len(saved) == 1 and str(saved[0]) in err and "before the optimiser step" in err
+    # Resuming loads it and replays the same step to the same stop.
+    code, _, again = run(["train", "--data", str(tmp_path / "data"), "--out", str(run_dir), "--resume", "--no-progress"], capsys)
+    assert code == 1 and str(saved[0]) in again and sorted((run_dir / "checkpoints").iterdir()) == saved

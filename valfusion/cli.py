@@ -1,8 +1,14 @@
 """The ``valfusion`` command: demo, train, evaluate, search, bench.
 
-Every sub-command explains its options with ``--help``. A user mistake (a bad path,
-an unknown composer, a bad option value, bad data) ends with one line on stderr and
-exit status 2; an interrupted command exits with 130.
+Every sub-command explains its options with ``--help``. Exit statuses:
+
+- 0: done;
+- 1: training stopped on a failure (a non-finite loss, data that could not be read)
+  after saving the state of its last completed step, named in one line on stderr;
+- 2: a user mistake (a bad path, an unknown composer, a bad option value, bad data, a
+  ``--resume`` that would change the run), one line on stderr, nothing trained;
+- 130 / 143: stopped by SIGINT (Ctrl-C) / SIGTERM; training saves its state first and
+  says in one line where, and how to resume.
 """
 
 from __future__ import annotations
@@ -12,8 +18,10 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
+import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +31,7 @@ from valfusion._version import __version__
 
 __all__ = ["main"]
 
+EXIT_STOPPED = 1
 EXIT_USAGE = 2
 
 
@@ -143,22 +152,9 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load_data(spec: str, args: argparse.Namespace, splits: tuple[str, ...], image_size: int | None) -> Any:
-    from valfusion.data.source import load_source
-
-    return load_source(spec, splits=splits, **_source_options(spec, args, image_size))
-
-
-def _source_options(spec: str, args: argparse.Namespace, image_size: int | None) -> dict[str, Any]:
-    """The keyword options of the source's loader that the data options of ``args`` give."""
-    from valfusion.data.source import parse_source
-
-    kind = parse_source(spec).kind
+def _data_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The loader options given on the command line (not the splits, not the image size)."""
     options: dict[str, Any] = dict(args.data_option)
-    if image_size is not None:
-        options["image_size"] = image_size
-    elif kind != "synthetic":
-        options["image_size"] = 224
     if args.drop_missing_images:
         options["drop_missing_images"] = True
     if args.protocol is not None:
@@ -166,6 +162,32 @@ def _source_options(spec: str, args: argparse.Namespace, image_size: int | None)
     if args.caption_mode is not None:
         options["caption_mode"] = args.caption_mode
     return options
+
+
+def _with_image_size(spec: str, options: dict[str, Any], image_size: Any) -> dict[str, Any]:
+    """``options`` plus the image size: the one asked for, else 224 for files on disk."""
+    from valfusion.data.source import parse_source
+
+    if image_size is not None:
+        return {**options, "image_size": image_size}
+    if parse_source(spec).kind != "synthetic":
+        return {**options, "image_size": 224}
+    return dict(options)
+
+
+def _source_options(spec: str, args: argparse.Namespace, image_size: int | None) -> dict[str, Any]:
+    """The keyword options of the source's loader that the data options of ``args`` give."""
+    return _with_image_size(spec, _data_options(args), image_size)
+
+
+def _load_source(spec: str, options: dict[str, Any], splits: tuple[str, ...], image_size: Any) -> Any:
+    from valfusion.data.source import load_source
+
+    return load_source(spec, splits=splits, **_with_image_size(spec, options, image_size))
+
+
+def _load_data(spec: str, args: argparse.Namespace, splits: tuple[str, ...], image_size: int | None) -> Any:
+    return _load_source(spec, _data_options(args), splits, image_size)
 
 
 def _data_image_size(data: Any, requested: int | None) -> int:
@@ -197,13 +219,18 @@ def _print_metrics(metrics: dict[str, Any], title: str) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from valfusion.engine import TrainingStopped
     from valfusion.engine.demo import format_table, run_demo
 
     out = Path(args.out)
-    results = run_demo(
-        out, quick=args.quick, steps=args.steps, composers=args.composers, seed=args.seed,
-        progress=False if args.no_progress else None,
-    )
+    try:
+        results = run_demo(
+            out, quick=args.quick, steps=args.steps, composers=args.composers, seed=args.seed,
+            progress=False if args.no_progress else None,
+        )
+    except TrainingStopped as stopped:  # several runs: no one resume command to suggest
+        _report_stopped(stopped, None)
+        return _stopped_status(stopped)
     print(format_table(results))
     print()
     if args.quick:
@@ -253,16 +280,108 @@ def _train_config(args: argparse.Namespace, image_size: int) -> Any:
     return TrainConfig(
         steps=pick("steps"), batch_size=pick("batch_size"), lr=pick("lr"), weight_decay=pick("weight_decay"),
         warmup_steps=pick("warmup_steps"), grad_clip=pick("grad_clip"), amp=pick("amp"), seed=pick("seed"),
-        eval_every=pick("eval_every"), checkpoint_every=pick("checkpoint_every"), log_every=pick("log_every"),
+        eval_every=pick("eval_every"), checkpoint_every=pick("checkpoint_every"),
+        keep_checkpoints=pick("keep_checkpoints"), log_every=pick("log_every"),
         num_workers=pick("num_workers"), device=pick("device"), model=model,
     )
+
+
+_NOT_SET = object()
+_SETTINGS_THAT_MAY_CHANGE = ("eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "device")
+
+
+def _saved_value(config: Any, option: str) -> Any:
+    """The value a saved TrainConfig holds for a training or model option of `train`."""
+    if hasattr(config, option):
+        return getattr(config, option)
+    model = config.model_config(1)
+    return getattr(model, "backbone_channels" if option == "channels" else option)
+
+
+def _data_flag(key: str) -> str:
+    return {"drop_missing_images": "--drop-missing-images", "protocol": "--protocol",
+            "caption_mode": "--caption-mode"}.get(key, f"-o {key}")
+
+
+def _resume_settings(args: argparse.Namespace, run_dir: Path) -> tuple[Any, dict[str, Any], Any]:
+    """The saved configuration, data options and image size of the run to resume.
+
+    Options given on the command line must agree with the saved ones (those that do not
+    change the weights, such as --checkpoint-every, may change); a thread count not given
+    is set to the saved one.
+
+    Raises:
+        UsageError: naming every given option that differs (saved vs given).
+    """
+    import torch
+
+    from valfusion.engine import IDENTITY_FILE, TRAIN_CONFIG_FILE, RunIdentity, TrainConfig
+    from valfusion.engine.identity import canonical_source
+
+    config = TrainConfig.from_dict(json.loads((run_dir / TRAIN_CONFIG_FILE).read_text()))
+    identity_file = run_dir / IDENTITY_FILE
+    identity = RunIdentity.from_dict(json.loads(identity_file.read_text())) if identity_file.is_file() else None
+    differences = []
+    for option in _TRAIN_OPTIONS:
+        given, saved = getattr(args, option), _saved_value(config, option)
+        if given is not None and given != saved:
+            differences.append(f"--{option.replace('_', '-')}: saved {saved!r}, given {given!r}")
+    options = _data_options(args)
+    image_size = args.image_size if args.image_size is not None else config.model.get("image_size")
+    if identity is not None:
+        if identity.source is not None and canonical_source(args.data) != identity.source:
+            differences.append(f"--data: saved {identity.source!r}, given {canonical_source(args.data)!r}")
+        if identity.data_options is not None:
+            for key, value in options.items():
+                if identity.data_options.get(key, _NOT_SET) != value:
+                    saved = identity.data_options.get(key, "(not set)")
+                    differences.append(f"{_data_flag(key)}: saved {saved!r}, given {value!r}")
+            options = dict(identity.data_options)
+        if identity.image_size is not None:
+            if args.image_size is not None and args.image_size != identity.image_size:
+                differences.append(f"--image-size: saved {identity.image_size!r}, given {args.image_size!r}")
+            image_size = identity.image_size
+        if args.threads is not None and args.threads != identity.threads:
+            differences.append(f"--threads: saved {identity.threads}, given {args.threads}")
+    if differences:
+        raise UsageError(
+            f"--resume: {run_dir} was trained with other settings (saved vs given): {'; '.join(differences)}; "
+            "drop these options to continue with the saved ones"
+        )
+    if identity is not None and args.threads is None:
+        torch.set_num_threads(identity.threads)
+    saved = config.to_dict()
+    saved.update({k: getattr(args, k) for k in _SETTINGS_THAT_MAY_CHANGE if getattr(args, k) is not None})
+    return TrainConfig.from_dict(saved), options, image_size
+
+
+def _report_stopped(stopped: Any, resume: str | None) -> None:
+    """One line on stderr: what stopped training, where its state is, how to go on."""
+    cause = stopped.__cause__
+    if cause is not None and not isinstance(cause, ValueError | OSError):
+        # Not a data problem the user can fix from one line: keep the traceback.
+        traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
+    how = ""
+    if resume is not None:
+        how = {
+            "signal": f"; resume with: {resume}",
+            "data error": f"; fix the data, then resume with: {resume}",
+            # The checkpoint resumes, but the same settings replay the same divergence.
+            "non-finite loss": "; resuming would repeat it: start a new run with other settings in another --out",
+        }[stopped.reason]
+    print(f"valfusion {'train' if resume else 'demo'}: {stopped}{how}", file=sys.stderr)
+
+
+def _stopped_status(stopped: Any) -> int:
+    """128 + the signal number for a signal (130 SIGINT, 143 SIGTERM), else 1."""
+    return 128 + stopped.signal if stopped.signal is not None else EXIT_STOPPED
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from valfusion.engine import (
         CHECKPOINT_DIR,
-        TRAIN_CONFIG_FILE,
-        TrainConfig,
+        RunIdentity,
+        TrainingStopped,
         init_distributed,
         latest_checkpoint,
         train,
@@ -273,28 +392,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not has_checkpoint:
             raise UsageError(f"--resume: {run_dir} holds no checkpoint to resume from")
-        given = [f"--{o.replace('_', '-')}" for o in _TRAIN_OPTIONS if getattr(args, o) is not None]
-        if given:
-            raise UsageError(
-                f"--resume continues with the run's saved configuration; drop {', '.join(given)}"
-            )
-        saved = json.loads((run_dir / TRAIN_CONFIG_FILE).read_text())
-        saved.update(
-            {k: getattr(args, k) for k in ("eval_every", "checkpoint_every", "log_every", "num_workers", "device")
-             if getattr(args, k) is not None}
-        )
-        config = TrainConfig.from_dict(saved)
-        image_size = int(config.model.get("image_size", 64))
+        config, options, image_size = _resume_settings(args, run_dir)
     elif has_checkpoint:
         raise UsageError(f"--out: {run_dir} already holds a run; pass --resume to continue it or choose another folder")
     else:
-        config, image_size = None, args.image_size
+        config, options, image_size = None, _data_options(args), args.image_size
     context, _ = init_distributed(args.device or "auto")
     try:
-        data = _load_data(args.data, args, ("train", "test"), image_size)
+        data = _load_source(args.data, options, ("train", "test"), image_size)
         if config is None:
             config = _train_config(args, _data_image_size(data, image_size))
-        result = train(data, config, run_dir, resume=args.resume, progress=False if args.no_progress else None)
+        identity = RunIdentity.from_data(data, source=args.data, data_options=options)
+        try:
+            result = train(
+                data, config, run_dir, resume=args.resume, identity=identity,
+                progress=False if args.no_progress else None,
+            )
+        except TrainingStopped as stopped:
+            if context.is_main or stopped.reason == "data error":
+                _report_stopped(stopped, f"valfusion train --data {shlex.quote(args.data)} --out {shlex.quote(args.out)} --resume")
+            return _stopped_status(stopped)
         if context.is_main and result.metrics is not None:
             _print_metrics(result.metrics, f"{config.composer} after {result.step} steps on {data.name}")
             print(f"run directory: {run_dir}  (model, train_config.json, metrics.json, history.json, checkpoints/)")
@@ -526,7 +643,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--data", required=True, metavar="SOURCE", help="the data source (see above)")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory to write")
-    train.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its latest checkpoint (its saved configuration is used)")
+    train.add_argument(
+        "--resume", action="store_true",
+        help="continue the run in RUN_DIR from its newest intact checkpoint with its saved configuration, "
+        "data options, image size and thread count; a given option that differs is refused",
+    )
     optim = train.add_argument_group("training (defaults: valfusion.engine.TrainConfig)")
     optim.add_argument("--composer", choices=composers, default=None, help="composition layer (default: val)")
     optim.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default: 2000)")
@@ -538,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--amp", choices=("off", "bf16", "fp16"), default=None, help="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA) (default: off)")
     optim.add_argument("--seed", type=int, default=None, help="seed of the initialisation, data order and dropout (default: 0)")
     optim.add_argument("--eval-every", type=_non_negative_int, default=None, help="evaluate every N steps, 0 = only at the end (default: 0)")
-    optim.add_argument("--checkpoint-every", type=_non_negative_int, default=None, help="checkpoint every N steps, 0 = only at the end (default: 0)")
+    optim.add_argument("--checkpoint-every", type=_non_negative_int, default=None, help="checkpoint every N steps, 0 = only at the end and when stopped (default: 0)")
+    optim.add_argument("--keep-checkpoints", type=_non_negative_int, default=None, help="keep the N newest checkpoints, 0 = keep all (default: 3)")
     optim.add_argument("--log-every", type=_positive_int, default=None, help="record loss and throughput every N steps (default: 10)")
     optim.add_argument("--num-workers", type=_non_negative_int, default=None, help="DataLoader worker processes (default: 0)")
     optim.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
@@ -624,7 +746,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: The arguments (default ``sys.argv[1:]``).
 
     Returns:
-        The exit status: 0 on success, 2 for a user mistake, 130 when interrupted.
+        The exit status: 0 on success; 1 when training stopped on a non-finite loss or a
+        data error after saving its state; 2 for a user mistake; 130 (SIGINT) or 143
+        (SIGTERM) when stopped by a signal (training saves its state first).
     """
     from valfusion.data.errors import DataError
 

@@ -4,15 +4,25 @@
 - :class:`Trainer` / :func:`train`: AdamW + warm-up/cosine, gradient clipping, mixed
   precision, DistributedDataParallel under ``torchrun``, exact resume from checkpoints.
 - :func:`evaluate`: Recall@K on evaluation splits under their gallery protocol.
+- :class:`RunIdentity`: the data and settings a run trains on, checked on resume;
+  :class:`TrainingStopped`: a run stopped by a signal, a non-finite loss or a data error,
+  with its state saved.
 - :mod:`valfusion.engine.io`: atomic writes for results and checkpoints.
 - :mod:`valfusion.engine.demo`: the main job (``valfusion demo``); :mod:`valfusion.engine.plots`:
   learning curves, attention maps and top results (matplotlib, the ``demo`` extra).
 """
 
-from valfusion.engine.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from valfusion.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    load_latest_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
 from valfusion.engine.config import AMP_MODES, TrainConfig
 from valfusion.engine.distributed import DistributedContext, init_distributed, resolve_device
 from valfusion.engine.evaluation import embed_images, embed_split, evaluate
+from valfusion.engine.identity import RunIdentity, annotation_fingerprint
 from valfusion.engine.io import (
     atomic_write_bytes,
     atomic_write_json,
@@ -21,9 +31,11 @@ from valfusion.engine.io import (
 )
 from valfusion.engine.sampler import ResumableSampler
 from valfusion.engine.schedule import WarmupCosine, warmup_cosine_scheduler
+from valfusion.engine.stopping import StopSignals, TrainingStopped
 from valfusion.engine.trainer import (
     CHECKPOINT_DIR,
     HISTORY_FILE,
+    IDENTITY_FILE,
     METRICS_FILE,
     TRAIN_CONFIG_FILE,
     Trainer,
@@ -37,14 +49,19 @@ __all__ = [
     "AMP_MODES",
     "CHECKPOINT_DIR",
     "HISTORY_FILE",
+    "IDENTITY_FILE",
     "METRICS_FILE",
     "TRAIN_CONFIG_FILE",
     "DistributedContext",
     "ResumableSampler",
+    "RunIdentity",
+    "StopSignals",
     "TrainConfig",
     "TrainResult",
     "Trainer",
+    "TrainingStopped",
     "WarmupCosine",
+    "annotation_fingerprint",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
@@ -57,6 +74,8 @@ __all__ = [
     "init_distributed",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_latest_checkpoint",
+    "prune_checkpoints",
     "resolve_device",
     "save_checkpoint",
     "train",

@@ -2,9 +2,11 @@
 
 A checkpoint holds the model, optimiser, scheduler and gradient-scaler states, the step,
 the sampler position, the random-number-generator states of every process (as tensors)
-and the run's configuration and history. It contains only tensors, numbers, strings,
-lists and dicts, so it loads with ``torch.load(weights_only=True)``: opening a
-checkpoint never runs code. Files are written atomically.
+and the run's configuration, identity and history. It contains only tensors, numbers,
+strings, lists and dicts, so it loads with ``torch.load(weights_only=True)``: opening a
+checkpoint never runs code. Files are written atomically; a file damaged anyway (a full
+disk, a copy cut short) is skipped by :func:`load_latest_checkpoint`, which falls back to
+the newest one that loads, and :func:`prune_checkpoints` keeps a folder to its newest few.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import os
 import random
 import re
-from collections.abc import Mapping
+import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,8 @@ __all__ = [
     "gather_rng_states",
     "latest_checkpoint",
     "load_checkpoint",
+    "load_latest_checkpoint",
+    "prune_checkpoints",
     "restore_rng_state",
     "save_checkpoint",
 ]
@@ -82,17 +87,25 @@ def checkpoint_path(directory: str | os.PathLike[str], step: int) -> Path:
     return Path(directory) / f"step_{step:07d}.pt"
 
 
+def _checkpoints(directory: str | os.PathLike[str]) -> list[tuple[int, Path]]:
+    """``(step, path)`` of every ``step_N.pt`` in ``directory``, highest step first."""
+    folder = Path(directory)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
+    return sorted(found, reverse=True)
+
+
 def latest_checkpoint(directory: str | os.PathLike[str]) -> Path | None:
     """The checkpoint with the highest step in ``directory``, or ``None``.
+
+    The file is not opened; :func:`load_latest_checkpoint` finds the newest one that loads.
 
     Args:
         directory: A run's checkpoint folder.
     """
-    folder = Path(directory)
-    if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
-    return max(found)[1] if found else None
+    found = _checkpoints(directory)
+    return found[0][1] if found else None
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
@@ -131,3 +144,79 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"checkpoint: {path} is not a {CHECKPOINT_FORMAT} file")
     return state
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    if path.stat().st_size == 0:
+        return "empty file"
+    first = str(error).strip().split("\n")[0].split(". ")[0]
+    return f"truncated or corrupt ({type(error).__name__}: {first})" if first else f"truncated or corrupt ({type(error).__name__})"
+
+
+def _report_on_stderr(path: Path, reason: str) -> None:
+    print(f"checkpoint: skipped {path}: {reason}", file=sys.stderr, flush=True)
+
+
+def load_latest_checkpoint(
+    directory: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    *,
+    on_skip: Callable[[Path, str], object] | None = _report_on_stderr,
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint in ``directory`` that loads, falling back past damaged files.
+
+    Checkpoints are tried from the highest step down; one that cannot be read (empty,
+    truncated, corrupt, not a valfusion checkpoint) is skipped and reported.
+
+    Args:
+        directory: A run's checkpoint folder.
+        map_location: Where to put the tensors.
+        on_skip: Called with ``(path, reason)`` for each file skipped; by default a line
+            on stderr (``checkpoint: skipped PATH: REASON``); ``None`` stays silent.
+
+    Returns:
+        ``(path, state)`` of the newest intact checkpoint, or ``None`` when the folder
+        holds no checkpoint file at all.
+
+    Raises:
+        ValueError: Checkpoint files exist but none loads (each file and reason is named).
+    """
+    skipped = []
+    for _, path in _checkpoints(directory):
+        try:
+            return path, load_checkpoint(path, map_location)
+        except Exception as error:  # whatever stops a file from loading makes it not intact
+            reason = _why_unreadable(path, error)
+        skipped.append(f"{path.name}: {reason}")
+        if on_skip is not None:
+            on_skip(path, reason)
+    if skipped:
+        raise ValueError(f"checkpoint: no intact checkpoint in {directory} ({'; '.join(skipped)})")
+    return None
+
+
+def prune_checkpoints(directory: str | os.PathLike[str], keep: int, *, up_to: int | None = None) -> list[Path]:
+    """Delete all but the ``keep`` newest checkpoints of ``directory``.
+
+    Args:
+        directory: A run's checkpoint folder.
+        keep: How many to keep; ``0`` keeps every one.
+        up_to: Consider only checkpoints up to this step (the one just written): files of
+            later steps, left by an earlier attempt of the run, are neither counted nor
+            deleted, so the newest file written is always kept.
+
+    Returns:
+        The files deleted, highest step first.
+
+    Raises:
+        ValueError: ``keep`` is negative.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 0:
+        raise ValueError(f"keep: expected a non-negative integer, got {keep!r}")
+    if keep == 0:
+        return []
+    candidates = [path for step, path in _checkpoints(directory) if up_to is None or step <= up_to]
+    removed = candidates[keep:]
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed

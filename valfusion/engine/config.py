@@ -60,7 +60,10 @@ class TrainConfig:
         deterministic: Ask PyTorch for deterministic kernels during training
             (``torch.use_deterministic_algorithms``, warning only where none exists).
         eval_every: Evaluate every this many steps (``0``: only at the end).
-        checkpoint_every: Write a checkpoint every this many steps (``0``: only at the end).
+        checkpoint_every: Write a checkpoint every this many steps (``0``: only at the end;
+            a run stopped by a signal, a non-finite loss or a data error writes one too).
+        keep_checkpoints: Keep this many of the newest checkpoints, deleting older ones
+            after each successful write (``0``: keep every one).
         log_every: Record the loss and throughput in the history every this many steps.
         num_workers: ``DataLoader`` worker processes for reading images.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or
@@ -85,6 +88,7 @@ class TrainConfig:
     deterministic: bool = True
     eval_every: int = 0
     checkpoint_every: int = 0
+    keep_checkpoints: int = 3
     log_every: int = 10
     num_workers: int = 0
     device: str = "auto"
@@ -97,7 +101,7 @@ class TrainConfig:
         _positive_int(self.batch_size, "batch_size")
         _positive_int(self.eval_batch_size, "eval_batch_size")
         _positive_int(self.log_every, "log_every")
-        for name in ("warmup_steps", "eval_every", "checkpoint_every", "num_workers"):
+        for name in ("warmup_steps", "eval_every", "checkpoint_every", "keep_checkpoints", "num_workers"):
             _non_negative_int(getattr(self, name), name)
         if _non_negative_float(self.lr, "lr") == 0:
             raise ValueError(f"lr: expected a positive learning rate, got {self.lr!r}")

@@ -5,11 +5,14 @@ reproduce the run::
 
     RUN_DIR/config.json, model.pt, vocabulary.json   the model (VAL.save_pretrained)
     RUN_DIR/train_config.json                        the TrainConfig
+    RUN_DIR/run_identity.json                        the data and settings it trained on
     RUN_DIR/metrics.json                             final Recall@K (and the data it used)
     RUN_DIR/history.json                             training losses and periodic evaluations
-    RUN_DIR/checkpoints/step_NNNNNNN.pt              resumable checkpoints
+    RUN_DIR/checkpoints/step_NNNNNNN.pt              resumable checkpoints (the newest few)
 
-Only rank 0 writes; every file is written atomically.
+Only rank 0 writes; every file is written atomically. A run stopped by SIGINT, SIGTERM, a
+non-finite loss or an error while reading its data writes a checkpoint of the state after
+its last completed step before it stops (:class:`~valfusion.engine.TrainingStopped`).
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
+import sys
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,25 +39,29 @@ from valfusion.data.datasets import TripletBatch, TripletDataset, collate_triple
 from valfusion.data.split import RetrievalData
 from valfusion.encoders import Vocabulary
 from valfusion.engine.checkpoint import (
+    capture_rng_state,
     checkpoint_path,
     gather_rng_states,
-    latest_checkpoint,
-    load_checkpoint,
+    load_latest_checkpoint,
+    prune_checkpoints,
     restore_rng_state,
     save_checkpoint,
 )
 from valfusion.engine.config import TrainConfig
 from valfusion.engine.distributed import init_distributed
 from valfusion.engine.evaluation import evaluate
-from valfusion.engine.io import atomic_write_json
+from valfusion.engine.identity import RunIdentity
+from valfusion.engine.io import atomic_write_json, remove_stale_temporaries
 from valfusion.engine.progress import Progress
 from valfusion.engine.sampler import ResumableSampler
 from valfusion.engine.schedule import warmup_cosine_scheduler
+from valfusion.engine.stopping import StopSignals, TrainingStopped
 from valfusion.models import VAL
 
 __all__ = [
     "CHECKPOINT_DIR",
     "HISTORY_FILE",
+    "IDENTITY_FILE",
     "METRICS_FILE",
     "TRAIN_CONFIG_FILE",
     "TrainResult",
@@ -64,6 +73,8 @@ __all__ = [
 
 TRAIN_CONFIG_FILE = "train_config.json"
 """Name of the run's training configuration file inside ``RUN_DIR``."""
+IDENTITY_FILE = "run_identity.json"
+"""Name of the run's :class:`~valfusion.engine.RunIdentity` file inside ``RUN_DIR``."""
 METRICS_FILE = "metrics.json"
 """Name of the run's latest evaluation metrics file inside ``RUN_DIR``."""
 HISTORY_FILE = "history.json"
@@ -201,7 +212,8 @@ class Trainer:
 
     The data order depends only on ``(seed, epoch)`` and the step, and checkpoints hold
     every RNG state, so a run resumed from a checkpoint ends with the same weights as an
-    uninterrupted one (on the same hardware, software and number of processes).
+    uninterrupted one (on the same hardware, software, thread count and number of
+    processes).
 
     Args:
         model: The model to train (moved to the training device).
@@ -212,6 +224,8 @@ class Trainer:
         progress: Progress on rank 0: ``True`` forces a tqdm bar, ``False`` shows nothing,
             ``None`` draws a bar on a terminal and otherwise prints a line about every
             tenth of the run.
+        identity: What the run trains on (recorded in the run directory and every
+            checkpoint, and checked on resume); default ``RunIdentity.from_data(data)``.
 
     Raises:
         ValueError: If the training split is smaller than one global batch, the model
@@ -226,6 +240,7 @@ class Trainer:
         run_dir: str | os.PathLike[str] | None = None,
         *,
         progress: bool | None = None,
+        identity: RunIdentity | None = None,
     ) -> None:
         if data.train is None:
             raise ValueError(f"data: {data.name} has no training split")
@@ -268,6 +283,10 @@ class Trainer:
         self._window = {"loss": 0.0, "count": 0}
         self.progress = progress
         self.uses_side_info = model.config.semantic_dim is not None
+        self.identity = identity if identity is not None else RunIdentity.from_data(data)
+        # Where a step that meets a non-finite loss puts the buffers (BatchNorm statistics)
+        # back: the forward pass has already updated them.
+        self._buffers_before_step = [buffer.detach().clone() for buffer in model.buffers()]
 
     # ------------------------------------------------------------------ state
 
@@ -289,6 +308,7 @@ class Trainer:
             },
             "window": dict(self._window),
             "config": self.config.to_dict(),
+            "identity": self.identity.to_dict(),
             "model_config": self.model.config.to_dict(),
             "vocabulary": list(self.vocabulary.tokens[2:]),
             "history": self.history,
@@ -301,13 +321,33 @@ class Trainer:
             state: A checkpoint written from :meth:`state_dict`.
 
         Raises:
-            ValueError: If the checkpoint was written by a run with another configuration.
+            ValueError: If the checkpoint was written by a run with another training
+                configuration or another :class:`~valfusion.engine.RunIdentity` (each
+                difference is named, saved value then given value).
         """
         saved = TrainConfig.from_dict(state["config"])
-        if _training_fields(saved) != _training_fields(self.config):
+        differences = _config_differences(saved, self.config)
+        if state.get("identity") is None:
+            warnings.warn(
+                "checkpoint: records no run identity (an older valfusion wrote it); the data, "
+                "image size and thread count cannot be checked",
+                stacklevel=2,
+            )
+        else:
+            saved_identity = RunIdentity.from_dict(state["identity"])
+            differences += saved_identity.differences(self.identity)
+            # A caller that did not name the source keeps the one the run recorded.
+            self.identity = replace(
+                self.identity,
+                source=self.identity.source if self.identity.source is not None else saved_identity.source,
+                data_options=self.identity.data_options
+                if self.identity.data_options is not None
+                else saved_identity.data_options,
+            )
+        if differences:
             raise ValueError(
-                "config: the checkpoint was written with a different training configuration "
-                f"({_config_difference(saved, self.config)})"
+                "resume: the checkpoint was written by a run with other settings (saved vs given): "
+                + "; ".join(differences)
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -328,12 +368,20 @@ class Trainer:
             )
 
     def save_checkpoint(self) -> Path | None:
-        """Write ``RUN_DIR/checkpoints/step_NNNNNNN.pt`` (rank 0; collective under DDP)."""
+        """Write ``RUN_DIR/checkpoints/step_NNNNNNN.pt`` (rank 0; collective under DDP).
+
+        Then deletes all but the ``config.keep_checkpoints`` newest checkpoints.
+
+        Returns:
+            The path written (on rank 0 with a run directory), else ``None``.
+        """
         self._sync_buffers()
         state = self.state_dict()
         path = None
         if self.run_dir is not None and self.context.is_main:
-            path = save_checkpoint(checkpoint_path(self.run_dir / CHECKPOINT_DIR, self.step), state)
+            folder = self.run_dir / CHECKPOINT_DIR
+            path = save_checkpoint(checkpoint_path(folder, self.step), state)
+            prune_checkpoints(folder, self.config.keep_checkpoints, up_to=self.step)
         self.context.barrier()
         return path
 
@@ -375,6 +423,21 @@ class Trainer:
         tokens, lengths = self.vocabulary.encode([s or "" for s in batch.side_info])
         return tokens.to(self.device), lengths.to(self.device)
 
+    def _batches(self) -> Iterator[TripletBatch]:
+        """The batches from the current step on, epoch after epoch."""
+        epoch, offset = divmod(self.step, self.batches_per_epoch)
+        while True:
+            yield from self._loader(epoch, offset)
+            epoch, offset = epoch + 1, 0
+
+    def _agree(self, *values: int) -> list[int]:
+        """The maximum of each value over the processes (a collective under DDP)."""
+        if not self.context.enabled:
+            return list(values)
+        tensor = torch.tensor(values, dtype=torch.int64, device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return [int(v) for v in tensor.tolist()]
+
     def _train_step(self, batch: TripletBatch) -> float:
         config = self.config
         device = self.device
@@ -383,24 +446,37 @@ class Trainer:
         tokens, lengths = self.vocabulary.encode(batch.text)
         side_tokens, side_lengths = self._side_tokens(batch)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
+        # The forward pass draws dropout and updates BatchNorm statistics: remember both, so
+        # that a non-finite loss leaves the state exactly as the last completed step left it.
+        rng = capture_rng_state()
+        with torch.no_grad():
+            for kept, buffer in zip(self._buffers_before_step, self.model.buffers()):
+                kept.copy_(buffer)
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device_type=device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             total = self._loss_forward(
                 reference, tokens.to(device), lengths.to(device), target, side_tokens, side_lengths
             )
         loss = float(total.detach())
-        if not math.isfinite(loss) and self.scaler is None:
-            raise FloatingPointError(
-                f"loss: became {loss} at step {self.step + 1}; lower lr (now {config.lr}) or "
-                "keep grad_clip on"
-            )
         if self.scaler is not None:
             self.scaler.scale(total).backward()
             self.scaler.unscale_(self.optimizer)
         else:
             total.backward()
+        norm = None
         if config.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        # Before the optimiser step, so that the weights are still those of the last step.
+        # (With fp16 the gradient scaler skips the steps whose gradients overflow, by design.)
+        if self.scaler is None:
+            norm = float(norm if norm is not None else _gradient_norm(self.model))
+            if self._agree(int(not (math.isfinite(loss) and math.isfinite(norm))))[0]:
+                restore_rng_state(rng)
+                with torch.no_grad():
+                    for kept, buffer in zip(self._buffers_before_step, self.model.buffers()):
+                        buffer.copy_(kept)
+                self.optimizer.zero_grad(set_to_none=True)
+                raise _NonFinite(loss, norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -425,13 +501,26 @@ class Trainer:
 
         Writes a checkpoint every ``checkpoint_every`` steps and when it returns;
         evaluates every ``eval_every`` steps; at the last step of the run evaluates and
-        writes the model, ``metrics.json`` and ``history.json``.
+        writes the model, ``metrics.json`` and ``history.json``. Temporary files that a
+        killed process left in the run directory are removed first.
+
+        While it trains, SIGINT and SIGTERM ask for a stop (see
+        :class:`~valfusion.engine.stopping.StopSignals`): at the next step boundary, and
+        otherwise when a step's loss is not finite (before the optimiser step) or reading
+        a batch fails, it writes a checkpoint of the state after the last completed step
+        and raises :class:`~valfusion.engine.TrainingStopped`. A signal during a periodic
+        evaluation is acted on when that evaluation ends; the final evaluation runs
+        after the final checkpoint, with the previous signal handlers back.
 
         Args:
             until: Stop after this step (to split a run into several jobs).
 
         Returns:
             A :class:`TrainResult`.
+
+        Raises:
+            TrainingStopped: Stopped by a signal, a non-finite loss or a data error; the
+                state was saved and the run resumes from it.
         """
         config = self.config
         until = config.steps if until is None else min(until, config.steps)
@@ -445,43 +534,20 @@ class Trainer:
             bar=self.progress if self.progress is not None else None,
         )
         if self.run_dir is not None and main:
+            remove_stale_temporaries(self.run_dir)
+            remove_stale_temporaries(self.run_dir / CHECKPOINT_DIR)
             atomic_write_json(self.run_dir / TRAIN_CONFIG_FILE, config.to_dict())
+            atomic_write_json(self.run_dir / IDENTITY_FILE, self.identity.to_dict())
         self._loss_forward.train()
-        window_start, window_steps = time.perf_counter(), 0
         metrics = None
         try:
-            with _deterministic(config.deterministic):
-                while self.step < until:
-                    epoch, offset = divmod(self.step, self.batches_per_epoch)
-                    for batch in self._loader(epoch, offset):
-                        loss = self._train_step(batch)
-                        lr = self.scheduler.get_last_lr()[0]
-                        self.step += 1
-                        window_steps += 1
-                        self._window["loss"] += loss
-                        self._window["count"] += 1
-                        elapsed = max(time.perf_counter() - window_start, 1e-9)
-                        throughput = window_steps * config.batch_size * self.context.world_size / elapsed
-                        log = self.step % config.log_every == 0 or self.step == until
-                        if log:
-                            mean = self._window["loss"] / max(self._window["count"], 1)
-                            self.history["train"].append(
-                                {"step": self.step, "loss": mean, "lr": lr, "samples_per_second": throughput}
-                            )
-                            self._window = {"loss": 0.0, "count": 0}
-                            window_start, window_steps = time.perf_counter(), 0
-                        progress.update(self.step, loss=loss, samples_per_second=throughput)
-                        if config.eval_every and self.step % config.eval_every == 0 and self.step < config.steps:
-                            self._record_eval(self.evaluate(), progress)
-                        if (
-                            config.checkpoint_every
-                            and self.step % config.checkpoint_every == 0
-                            and self.step < until
-                        ):
-                            self.save_checkpoint()
-                        if self.step >= until:
-                            break
-            self.save_checkpoint()
+            with StopSignals() as signals:
+                with _deterministic(config.deterministic):
+                    self._train_until(until, signals, progress)
+                self.save_checkpoint()
+                stop_signal = self._agree(signals.received or 0)[0]
+                if stop_signal:  # it came during the last step: skip the final evaluation
+                    raise self._stopped("signal", f"stopped by {signal.Signals(stop_signal).name}", stop_signal)
             if self.step >= config.steps:
                 metrics = self.evaluate()
                 self._record_eval(metrics, progress)
@@ -497,6 +563,72 @@ class Trainer:
             history=self.history,
             run_dir=self.run_dir,
             seconds=time.perf_counter() - started,
+        )
+
+    def _train_until(self, until: int, signals: StopSignals, progress: Progress) -> None:
+        config = self.config
+        window_start, window_steps = time.perf_counter(), 0
+        batches = self._batches()
+        try:
+            while self.step < until:
+                # A step boundary: the state is that of the last completed step.
+                batch, failure = None, None
+                try:
+                    batch = next(batches)
+                except Exception as error:  # reading images, a custom loader, a worker
+                    failure = error
+                failed, stop_signal = self._agree(int(failure is not None), signals.received or 0)
+                if failed:
+                    self.save_checkpoint()
+                    detail = "another process failed to read its batch" if failure is None else _one_line(failure)
+                    raise self._stopped(
+                        "data error", f"reading the batch of step {self.step + 1} failed: {detail}"
+                    ) from failure
+                if stop_signal:
+                    self.save_checkpoint()
+                    raise self._stopped("signal", f"stopped by {signal.Signals(stop_signal).name}", stop_signal)
+                assert batch is not None
+                try:
+                    loss = self._train_step(batch)
+                except _NonFinite as error:
+                    self.save_checkpoint()
+                    raise self._stopped(
+                        "non-finite loss",
+                        f"{error} at step {self.step + 1}, before the optimiser step; "
+                        f"lower lr (now {config.lr}) or keep grad_clip on (now {config.grad_clip})",
+                    ) from None
+                lr = self.scheduler.get_last_lr()[0]
+                self.step += 1
+                window_steps += 1
+                self._window["loss"] += loss
+                self._window["count"] += 1
+                elapsed = max(time.perf_counter() - window_start, 1e-9)
+                throughput = window_steps * config.batch_size * self.context.world_size / elapsed
+                if self.step % config.log_every == 0 or self.step == until:
+                    mean = self._window["loss"] / max(self._window["count"], 1)
+                    self.history["train"].append(
+                        {"step": self.step, "loss": mean, "lr": lr, "samples_per_second": throughput}
+                    )
+                    self._window = {"loss": 0.0, "count": 0}
+                    window_start, window_steps = time.perf_counter(), 0
+                progress.update(self.step, loss=loss, samples_per_second=throughput)
+                if config.eval_every and self.step % config.eval_every == 0 and self.step < config.steps:
+                    self._record_eval(self.evaluate(), progress)
+                if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < until:
+                    self.save_checkpoint()
+        finally:
+            batches.close()
+
+    def _stopped(self, reason: str, what: str, stop_signal: int | None = None) -> TrainingStopped:
+        """The exception for a stop after :meth:`save_checkpoint` saved the current step."""
+        path = None if self.run_dir is None else checkpoint_path(self.run_dir / CHECKPOINT_DIR, self.step)
+        where = "is kept in the trainer (no run directory)" if path is None else f"is saved in {path}"
+        return TrainingStopped(
+            f"{what}; the state after step {self.step} {where}",
+            reason=reason,
+            step=self.step,
+            checkpoint=path,
+            signal=stop_signal,
         )
 
     def _record_eval(self, metrics: dict[str, Any], progress: Progress) -> None:
@@ -515,7 +647,37 @@ class Trainer:
         self.context.barrier()
 
 
-_UNTRAINED_FIELDS = ("eval_every", "checkpoint_every", "log_every", "num_workers", "device", "eval_batch_size", "ks")
+class _NonFinite(Exception):
+    def __init__(self, loss: float, norm: float) -> None:
+        if not math.isfinite(loss):
+            what = f"the loss became {loss}"
+        elif not math.isfinite(norm):
+            what = f"the gradient norm became {norm}"
+        else:
+            what = "the loss or the gradients became non-finite on another process"
+        super().__init__(what)
+
+
+def _gradient_norm(model: nn.Module) -> Tensor:
+    """The global L2 norm of the gradients (what clip_grad_norm_ computes)."""
+    norms = [torch.linalg.vector_norm(p.grad.detach()) for p in model.parameters() if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error)
+    # DataLoader workers re-raise with the worker's traceback in the message; its last
+    # line is the original error.
+    if "Original Traceback" in text:
+        text = text.strip().splitlines()[-1]
+    text = " ".join(text.split())
+    return text if isinstance(error, ValueError | OSError) and text else f"{type(error).__name__}: {text}"
+
+
+_UNTRAINED_FIELDS = (
+    "eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "device",
+    "eval_batch_size", "ks",
+)
 
 
 def _training_fields(config: TrainConfig) -> dict[str, Any]:
@@ -523,9 +685,9 @@ def _training_fields(config: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in _UNTRAINED_FIELDS}
 
 
-def _config_difference(saved: TrainConfig, given: TrainConfig) -> str:
+def _config_differences(saved: TrainConfig, given: TrainConfig) -> list[str]:
     a, b = _training_fields(saved), _training_fields(given)
-    return ", ".join(f"{k}: saved {a[k]!r}, given {b[k]!r}" for k in a if a[k] != b[k])
+    return [f"{k}: saved {a[k]!r}, given {b[k]!r}" for k in a if a[k] != b[k]]
 
 
 def train(
@@ -536,6 +698,7 @@ def train(
     resume: bool = False,
     until: int | None = None,
     progress: bool | None = None,
+    identity: RunIdentity | None = None,
 ) -> TrainResult:
     """Build a model for ``data`` and train it: the whole ``valfusion train`` job.
 
@@ -543,29 +706,46 @@ def train(
         data: Training and evaluation splits.
         config: The run's configuration.
         run_dir: The run directory (see the module docstring), or ``None``.
-        resume: Continue from the latest checkpoint in ``run_dir/checkpoints`` (its model
-            configuration and vocabulary are used; the training configuration must match).
+        resume: Continue from the newest intact checkpoint in ``run_dir/checkpoints``
+            (damaged newer files are skipped, each named on stderr). Its model
+            configuration and vocabulary are used; the training configuration and the
+            run identity must match it.
         until: Stop after this step (a checkpoint is written; resume later).
         progress: As for :class:`Trainer`.
+        identity: What the run trains on, as for :class:`Trainer`; pass
+            ``RunIdentity.from_data(data, source=..., data_options=...)`` to record (and
+            check on resume) the source and its loader options too.
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
         FileNotFoundError: ``resume=True`` but ``run_dir`` holds no checkpoint.
+        ValueError: ``resume=True`` and no checkpoint loads, or the checkpoint's run had
+            other settings or data (every difference is named).
+        TrainingStopped: Stopped by a signal, a non-finite loss or a data error, after
+            saving its state (see :meth:`Trainer.fit`).
     """
+    identity = identity if identity is not None else RunIdentity.from_data(data)
     state = None
     if resume:
-        found = latest_checkpoint(Path(run_dir) / CHECKPOINT_DIR) if run_dir is not None else None
+        quiet = dist.is_available() and dist.is_initialized() and dist.get_rank() != 0
+        found = None
+        if run_dir is not None:
+            found = load_latest_checkpoint(
+                Path(run_dir) / CHECKPOINT_DIR, on_skip=None if quiet else _report_skipped
+            )
         if found is None:
             raise FileNotFoundError(f"resume: no checkpoint in {run_dir}/{CHECKPOINT_DIR}")
-        state = load_checkpoint(found)
-        vocabulary = Vocabulary(state["vocabulary"])
-        model = build_model(data, config, vocabulary)
+        state = found[1]
+        model = build_model(data, config, Vocabulary(state["vocabulary"]))
     else:
         model = build_model(data, config)
-    trainer = Trainer(model, data, config, run_dir, progress=progress)
+    trainer = Trainer(model, data, config, run_dir, progress=progress, identity=identity)
     if state is not None:
         trainer.load_state_dict(state)
     return trainer.fit(until=until)
 
+
+def _report_skipped(path: Path, reason: str) -> None:
+    print(f"resume: skipped {path}: {reason}; trying an older checkpoint", file=sys.stderr, flush=True)
