@@ -122,3 +122,12 @@ def test_missing_image_names_the_query_line(tmp_path):
         DataError, match=r"test_queries\.txt:2: image .*30000004_0\.jpeg' not found"
     ):
         load_fashion200k(root, splits=("test",))
+
+
+def test_label_line_without_a_caption_names_file_and_line(tmp_path):
+    root = tmp_path / "f200k"
+    shutil.copytree(FIXTURE, root)
+    with (root / "labels" / "skirt_test_detect_all.txt").open("a") as f:
+        f.write("women/skirts/maxi/1/1_0.jpeg\t0.9\t   \n")
+    with pytest.raises(DataError, match=r"skirt_test_detect_all\.txt:3: .*caption"):
+        load_fashion200k(root, splits=("test",), check_images=False)

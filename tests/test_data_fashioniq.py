@@ -70,9 +70,60 @@ def test_original_protocol_gallery_is_the_image_split_file(original_joined):
     assert list(original_joined.evaluation["shirt"].gallery) == split
 
 
-def test_separate_captions_give_two_queries_per_pair(val_separate):
+def _empty_captions(category: str) -> int:
+    return sum(not c.strip() for pair in _pairs(category) for c in pair["captions"])
+
+
+def test_separate_captions_give_two_queries_per_pair_less_the_empty_ones(val_separate):
+    assert {c: _empty_captions(c) for c in CATEGORIES} == {"dress": 0, "shirt": 1, "toptee": 2}
     for category in CATEGORIES:
-        assert len(val_separate.evaluation[category]) == 2 * len(_pairs(category))
+        expected = 2 * len(_pairs(category)) - _empty_captions(category)
+        assert len(val_separate.evaluation[category]) == expected
+
+
+def test_empty_captions_of_the_real_files_are_dropped_and_counted(val_separate):
+    assert val_separate.metadata()["empty_captions_dropped"] == 3
+    assert all(t.text.strip() for s in val_separate.evaluation.values() for t in s.triplets)
+
+
+def test_a_pair_with_one_empty_caption_keeps_a_query_for_the_other(val_separate, original_joined):
+    pair = _pairs("shirt")[1928]  # the real record: captions ["", "is grey with a ..."]
+    assert pair["captions"][0] == "" and pair["captions"][1].strip()
+    for data in (val_separate, original_joined):
+        texts = [
+            t.text
+            for t in data.evaluation["shirt"].triplets
+            if (t.reference, t.target) == (pair["candidate"], pair["target"])
+        ]
+        assert texts == [pair["captions"][1].strip()]
+
+
+def test_dropped_empty_captions_are_reported_with_their_line(tmp_path, capsys):
+    root = tmp_path / "fashioniq"
+    (root / "captions").mkdir(parents=True)
+    subset = _pairs("toptee")[670:680]  # real pairs; pair 676 has an empty first caption
+    (root / "captions" / "cap.toptee.val.json").write_text(json.dumps(subset, indent=2))
+    data = load_fashioniq(root, "toptee", splits=("test",), check_images=False)
+    assert len(data.evaluation["toptee"]) == 2 * 10 - 1
+    err = capsys.readouterr().err
+    # indented: pair i starts on line 2 + 8 i
+    assert "dropped 1 empty caption" in err and "cap.toptee.val.json:50" in err
+
+
+@pytest.mark.parametrize("caption_mode", ["separate", "joined"])
+def test_a_pair_whose_captions_are_all_empty_names_file_and_line(tmp_path, caption_mode):
+    root = tmp_path / "broken"
+    (root / "captions").mkdir(parents=True)
+    records = [
+        {"target": "A", "candidate": "B", "captions": ["x", "y"]},
+        {"target": "C", "candidate": "D", "captions": ["", " \t"]},
+    ]
+    text = "[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]\n"
+    (root / "captions" / "cap.dress.val.json").write_text(text)
+    with pytest.raises(DataError, match=r"cap\.dress\.val\.json:3: every caption is empty"):
+        load_fashioniq(
+            root, "dress", splits=("test",), caption_mode=caption_mode, check_images=False
+        )
 
 
 def test_joined_captions_give_one_query_per_pair(original_joined):

@@ -320,3 +320,30 @@ def test_a_line_separator_inside_a_json_string_does_not_split_the_line(tmp_path)
     _write_lines(folder / "train.jsonl", [json.dumps(raw, ensure_ascii=False)])
     assert "\u2028" in (folder / "train.jsonl").read_text(encoding="utf-8")
     assert load_folder(folder, splits=("train",)).train.triplets[0].text == "red\u2028now"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "\t \u3000"])
+def test_empty_or_blank_text_names_file_and_line(tmp_path, text):
+    folder = _folder(tmp_path)
+    _write_lines(
+        folder / "train.jsonl",
+        [_triplet_line("img/a.png", "make it red", "img/b.png"), _triplet_line("img/b.png", text, "img/c.png")],
+    )
+    with pytest.raises(DataError, match=r"train\.jsonl:2: 'text' is empty or only whitespace"):
+        load_folder(folder, check_images=False)
+
+
+def test_training_on_empty_captions_stops_before_training_with_exit_status_2(tmp_path, capsys):
+    from valfusion.cli import main
+
+    blank = [Triplet(t.reference, "", t.targets) for t in TRAIN]
+    folder = _folder(tmp_path, train=blank)
+    run_dir = tmp_path / "run"
+    code = main([
+        "train", "--data", str(folder), "--out", str(run_dir), "--steps", "1", "--batch-size", "2",
+        "--image-size", "16", "--channels", "4,8,8", "--no-progress", "--device", "cpu",
+    ])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert f"{folder / 'train.jsonl'}:1: 'text' is empty" in err
+    assert not (run_dir / "model.pt").exists()

@@ -103,3 +103,19 @@ def test_record_with_a_missing_key_names_its_line(tmp_path):
     )
     with pytest.raises(DataError, match=r"relative_captions_shoes\.json:3: expected an object"):
         load_shoes(root, check_images=False)
+
+
+@pytest.mark.parametrize("caption", ["", "  \n "])
+def test_empty_or_blank_caption_names_its_line(tmp_path, caption):
+    root = tmp_path / "shoes"
+    shutil.copytree(FIXTURE, root)
+    records = _records()
+    records[1]["RelativeCaption"] = caption
+    (root / "relative_captions_shoes.json").write_text(
+        "[\n" + ",\n".join(map(json.dumps, records)) + "\n]"
+    )
+    with pytest.raises(
+        DataError,
+        match=r"relative_captions_shoes\.json:3: 'RelativeCaption' is empty or only whitespace",
+    ):
+        load_shoes(root, check_images=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from valfusion.encoders import Vocabulary, tokenize
+from valfusion.encoders.vocabulary import DEFAULT_MAX_TOKENS
 
 WORDS = ["red", "blue", "shirt", "longer", "sleeves", "is", "more", "a"]
 
@@ -197,3 +199,103 @@ def test_load_rejects_json_that_is_not_a_vocabulary(tmp_path):
     path.write_text(json.dumps({"tokens": ["red"]}), encoding="utf-8")
     with pytest.raises(ValueError, match=r"other\.json"):
         Vocabulary.load(path)
+
+
+# --- the token cap ----------------------------------------------------------------------
+
+FASHIONIQ_CAPTIONS = Path(__file__).parent / "fixtures" / "fashioniq" / "captions"
+
+
+def test_a_100000_character_caption_is_capped_at_the_default_max_tokens():
+    vocab = Vocabulary(WORDS)
+    long_text = "red " * 25_000  # 100,000 characters, 25,000 tokens
+    with pytest.warns(UserWarning, match="max_tokens"):
+        ids, lengths = vocab.encode([long_text, "blue"])
+    assert lengths.tolist() == [DEFAULT_MAX_TOKENS, 1]
+    assert ids.shape == (2, DEFAULT_MAX_TOKENS)
+    assert ids[0].tolist() == [2] * DEFAULT_MAX_TOKENS
+
+
+def test_the_cap_keeps_the_first_tokens():
+    vocab = Vocabulary(WORDS, max_tokens=3)
+    with pytest.warns(UserWarning):
+        ids, lengths = vocab.encode(["red blue shirt longer sleeves"])
+    assert ids.tolist() == [[2, 3, 4]] and lengths.tolist() == [3]
+
+
+def test_truncated_texts_are_counted_on_the_vocabulary():
+    vocab = Vocabulary(WORDS, max_tokens=2)
+    assert vocab.truncated_texts == 0
+    with pytest.warns(UserWarning):
+        vocab.encode(["red blue shirt", "red", "is more a"])
+    vocab.encode(["red blue"])  # exactly at the cap: not truncated
+    assert vocab.truncated_texts == 2
+
+
+def test_the_first_truncation_warns_naming_how_many_texts_were_cut():
+    vocab = Vocabulary(WORDS, max_tokens=2)
+    with pytest.warns(UserWarning, match=r"2 of 3 texts .* more than max_tokens=2 .* longest has 4"):
+        vocab.encode(["red blue shirt", "red", "is more a sleeves"])
+
+
+def test_a_text_at_or_under_the_cap_encodes_without_warning(recwarn):
+    Vocabulary(WORDS, max_tokens=2).encode(["red blue", "is"])
+    assert not [w for w in recwarn if "max_tokens" in str(w.message)]
+
+
+def test_max_tokens_none_keeps_every_token():
+    vocab = Vocabulary(WORDS, max_tokens=None)
+    _, lengths = vocab.encode(["red " * 200])
+    assert lengths.tolist() == [200] and vocab.truncated_texts == 0
+
+
+def test_max_length_overrides_max_tokens_for_one_call_without_warning(recwarn):
+    vocab = Vocabulary(WORDS, max_tokens=2)
+    _, lengths = vocab.encode(["red blue shirt longer"], max_length=3)
+    assert lengths.tolist() == [3] and vocab.truncated_texts == 1
+    assert not [w for w in recwarn if "max_tokens" in str(w.message)]
+
+
+@pytest.mark.parametrize("max_tokens", [0, -4, 2.5, True, "64"])
+def test_max_tokens_rejects_non_positive_or_non_integer_values(max_tokens):
+    with pytest.raises(ValueError, match=r"max_tokens: expected a positive integer or None"):
+        Vocabulary(WORDS, max_tokens=max_tokens)
+
+
+def test_from_texts_warns_how_many_training_texts_exceed_the_cap():
+    texts = ["red blue", "red blue shirt longer", "is a"]
+    with pytest.warns(UserWarning, match=r"1 of 3 texts .* more than max_tokens=3 .* longest has 4"):
+        vocab = Vocabulary.from_texts(texts, max_tokens=3)
+    assert vocab.max_tokens == 3
+
+
+def test_max_tokens_survives_a_save_and_load(tmp_path):
+    path = tmp_path / "vocab.json"
+    Vocabulary(WORDS, max_tokens=7).save(path)
+    assert Vocabulary.load(path).max_tokens == 7
+
+
+def test_a_file_without_max_tokens_loads_with_the_default(tmp_path):
+    path = tmp_path / "vocab.json"
+    data = Vocabulary(WORDS).to_dict()
+    del data["max_tokens"]
+    path.write_text(json.dumps(data), encoding="utf-8")
+    assert Vocabulary.load(path).max_tokens == DEFAULT_MAX_TOKENS
+
+
+def test_the_default_cap_truncates_no_real_fashioniq_query():
+    pairs = [
+        pair["captions"]
+        for path in sorted(FASHIONIQ_CAPTIONS.glob("cap.*.val.json"))
+        for pair in json.loads(path.read_text(encoding="utf-8"))
+    ]
+    # both caption modes: each caption alone, and a pair's captions joined with " and "
+    texts = [c for captions in pairs for c in captions]
+    texts += [" and ".join(c for c in captions if c.strip()) for captions in pairs]
+    longest = max(len(tokenize(text)) for text in texts)
+    assert 0 < longest <= DEFAULT_MAX_TOKENS
+
+
+def test_vocabularies_with_different_caps_are_not_equal():
+    assert Vocabulary(WORDS, max_tokens=5) != Vocabulary(WORDS)
+    assert Vocabulary(WORDS, max_tokens=5) == Vocabulary(WORDS, max_tokens=5)

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_dtype",
     "check_floating",
     "check_int_tensor",
     "check_ndim",
@@ -56,6 +57,21 @@ def check_floating(x: Tensor, name: str) -> Tensor:
         raise ValueError(
             f"{name}: expected a floating-point tensor, got dtype {x.dtype} "
             f"with shape {fmt_shape(x)}"
+        )
+    return x
+
+
+def check_dtype(x: Tensor, name: str, expected: torch.dtype, source: str) -> Tensor:
+    """Require ``x.dtype == expected``; ``source`` says where ``expected`` comes from.
+
+    ``source`` completes "the dtype of ...", e.g. ``"the layer's weights"`` or
+    ``"image_features"``.
+    """
+    if x.dtype != expected:
+        raise ValueError(
+            f"{name}: expected dtype {expected} (the dtype of {source}), got {x.dtype} "
+            f"with shape {fmt_shape(x)}; convert one of them with .to(), or run under "
+            "torch.autocast"
         )
     return x
 

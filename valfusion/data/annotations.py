@@ -6,6 +6,10 @@ documents (an array of records, or an object of ``key: value`` entries) element 
 element with :meth:`json.JSONDecoder.raw_decode`, which reports where each element
 ends. Where several elements start on one line (compact JSON), the source also
 names the element: ``"cap.dress.val.json:1 (element 17)"``.
+
+Captions are checked here too, once for every loader (:func:`check_caption`): an empty
+or whitespace-only caption is an error at its ``file:line``, found when the annotations
+are read, before any training.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ from typing import Any
 
 from valfusion.data.errors import DataError
 
-__all__ = ["Record", "read_json_entries", "read_json_records", "read_jsonl", "read_lines"]
+__all__ = [
+    "Record",
+    "check_caption",
+    "read_json_entries",
+    "read_json_records",
+    "read_jsonl",
+    "read_lines",
+]
 
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _DECODER = json.JSONDecoder()
@@ -38,6 +49,31 @@ class Record:
     value: Any
     source: str
     key: str | None = None
+
+
+def check_caption(value: object, source: str, key: str) -> str:
+    """Require a caption with at least one non-whitespace character (so at least one token).
+
+    Args:
+        value: the caption as read from the record.
+        source: the record's ``"path:line"``.
+        key: the field the caption came from (``"text"``, ``"RelativeCaption"``...).
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        DataError: ``path:line: 'key' ...`` when ``value`` is not a string, or is empty or
+            only whitespace (such a query would train and rank on no text at all).
+    """
+    if not isinstance(value, str):
+        raise DataError(f"{source}: {key!r} must be a string, got {value!r:.80}")
+    if not value.strip():
+        raise DataError(
+            f"{source}: {key!r} is empty or only whitespace (got {value!r:.40}); "
+            "every query needs a caption"
+        )
+    return value
 
 
 def _read_text(path: Path) -> str:

@@ -8,7 +8,15 @@ Expected layout under ``ROOT`` (as released; images are downloaded by the user):
                                                      also found under image_tag_dataset/tags/)
     ROOT/images/<ASIN>.jpg (or .png ...)             (or pass image_root)
 
-``candidate`` is the reference image. Two choices change the numbers and are
+``candidate`` is the reference image. Empty captions: the released val files hold
+three pairs with one empty caption (one in shirt, two in toptee, none with both
+empty). An empty or whitespace-only caption is dropped (no query is made of it, and
+a joined query uses the other caption), printed with its ``file:line`` and counted in
+``info["empty_captions_dropped"]``; a pair whose captions are all empty is a
+:class:`DataError`. So the shirt and toptee val splits have 4075 and 3920 separate
+queries, not 2 x 2038 and 2 x 1961.
+
+Two choices change the numbers and are
 therefore named and recorded: ``caption_mode`` (``"separate"``: each caption is
 its own query, as VAL did; ``"joined"``: one query per pair, captions joined with
 ``" and "``) and ``protocol`` (``"val"``: the gallery is the union of the
@@ -19,6 +27,7 @@ image split).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -39,8 +48,9 @@ PROTOCOLS: tuple[str, ...] = ("val", "original")
 """FashionIQ evaluation galleries: the queries' images (``"val"``) or the image split."""
 
 
-def _read_pairs(path: Path, caption_mode: str) -> list[Triplet]:
-    triplets = []
+def _read_pairs(path: Path, caption_mode: str, empty: list[str]) -> list[Triplet]:
+    """The pairs of ``path`` as triplets; the sources of dropped empty captions go to ``empty``."""
+    triplets, dropped = [], []
     for record in read_json_records(path):
         pair = record.value
         if not isinstance(pair, dict):
@@ -62,12 +72,24 @@ def _read_pairs(path: Path, caption_mode: str) -> list[Triplet]:
             raise DataError(
                 f"{record.source}: 'captions' must be a non-empty list of strings, got {captions!r}"
             )
-        captions = [c.strip() for c in captions]
-        # Real files hold a few empty captions; they stay (an image-only query) so counts match.
-        texts = captions if caption_mode == "separate" else [" and ".join(c for c in captions if c)]
+        kept = [c.strip() for c in captions if c.strip()]
+        if not kept:
+            raise DataError(
+                f"{record.source}: every caption is empty or only whitespace, got {captions!r}"
+            )
+        dropped += [record.source] * (len(captions) - len(kept))
+        texts = kept if caption_mode == "separate" else [" and ".join(kept)]
         triplets += [
             Triplet(pair["candidate"], text, (pair["target"],), record.source) for text in texts
         ]
+    if dropped:
+        print(
+            f"valfusion: {path.name}: dropped {len(dropped)} empty caption"
+            f"{'s' if len(dropped) > 1 else ''} (their pairs keep their other captions): "
+            + ", ".join(dropped[:5]) + (" ..." if len(dropped) > 5 else ""),
+            file=sys.stderr,
+        )
+    empty += dropped
     return triplets
 
 
@@ -149,11 +171,13 @@ def load_fashioniq(
 
     Returns:
         Data named ``"fashioniq-<category>"``; ``evaluation`` keyed by category; side
-        information from the tags files when present.
+        information from the tags files when present; ``info["empty_captions_dropped"]``
+        counts the empty captions left out (module docstring).
 
     Raises:
-        DataError: ``file:line`` of a malformed record, a missing file, an empty split,
-            a missing image or a target not in the gallery.
+        DataError: ``file:line`` of a malformed record, a pair whose captions are all
+            empty, a missing file, an empty split, a missing image or a target not in the
+            gallery.
     """
     _check_choice(category, "category", (*FASHIONIQ_CATEGORIES, "all"))
     _check_choice(protocol, "protocol", PROTOCOLS)
@@ -182,10 +206,11 @@ def load_fashioniq(
             merged.update(read_fashioniq_tags(path) if path is not None else {})
         return merged
 
+    empty_captions: list[str] = []
     train: DataSplit | None = None
     if "train" in splits:
         paths = [root / "captions" / f"cap.{cat}.train.json" for cat in categories]
-        triplets = [t for path in paths for t in _read_pairs(path, caption_mode)]
+        triplets = [t for path in paths for t in _read_pairs(path, caption_mode, empty_captions)]
         train = build_split(
             "train",
             triplets,
@@ -211,7 +236,7 @@ def load_fashioniq(
                     gallery.setdefault(record.value, record.source)
             evaluation[cat] = build_split(
                 cat,
-                _read_pairs(path, caption_mode),
+                _read_pairs(path, caption_mode, empty_captions),
                 origin=str(path),
                 gallery=gallery,
                 side_info=tags,
@@ -227,5 +252,6 @@ def load_fashioniq(
             "category": category,
             "eval_split": eval_split,
             "image_size": size_record(image_size),
+            "empty_captions_dropped": len(empty_captions),
         },
     )

@@ -3,6 +3,7 @@
 Layout (every PATH relative to ``DIR``, any image format Pillow reads)::
 
     DIR/train.jsonl      one object per line: {"reference": PATH, "text": STR, "target": PATH}
+                         ("text" must not be empty or only whitespace)
     DIR/test.jsonl       same keys; "target" may be a list of paths, all correct
     DIR/gallery.txt      optional, one PATH per line; default: the union of the test
                          references and targets (the "val" protocol)
@@ -25,7 +26,13 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from valfusion.data.annotations import Record, read_json_entries, read_jsonl, read_lines
+from valfusion.data.annotations import (
+    Record,
+    check_caption,
+    read_json_entries,
+    read_jsonl,
+    read_lines,
+)
 from valfusion.data.errors import DataError
 from valfusion.data.images import ImageFiles, size_record
 from valfusion.data.split import DataSplit, RetrievalData
@@ -50,8 +57,7 @@ def _triplet(record: Record) -> Triplet:
     for key in ("reference", "text", "target"):
         if key not in fields:
             raise DataError(f"{record.source}: missing key {key!r} (keys: {sorted(fields)})")
-    if not isinstance(fields["text"], str):
-        raise DataError(f"{record.source}: 'text' must be a string, got {fields['text']!r}")
+    check_caption(fields["text"], record.source, "text")
     target = fields["target"]
     targets = [target] if isinstance(target, str) else target
     if not isinstance(targets, list) or not targets:
@@ -98,8 +104,9 @@ def load_folder(
         protocol ``"val"`` (no ``gallery.txt``) or ``"gallery.txt"``.
 
     Raises:
-        DataError: ``file:line: ...`` for a malformed line, a missing key, an empty split, a
-            missing image or a target not in the gallery.
+        DataError: ``file:line: ...`` for a malformed line, a missing key, an empty or
+            whitespace-only ``"text"``, an empty split, a missing image or a target not in
+            the gallery.
     """
     directory = Path(directory)
     unknown = [s for s in splits if s not in _SPLIT_NAMES]

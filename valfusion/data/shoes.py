@@ -20,7 +20,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from valfusion.data.annotations import read_json_records, read_lines
+from valfusion.data.annotations import check_caption, read_json_records, read_lines
 from valfusion.data.errors import DataError
 from valfusion.data.images import ImageFiles, size_record
 from valfusion.data.split import RetrievalData
@@ -55,8 +55,9 @@ def load_shoes(
         Data named ``"shoes"``, protocol ``"val"``, ``evaluation = {"test": ...}``.
 
     Raises:
-        DataError: ``file:line`` of a malformed record, a triplet in both or neither
-            split, a missing file, an empty split or a missing image.
+        DataError: ``file:line`` of a malformed record, an empty or whitespace-only
+            caption, a triplet in both or neither split, a missing file, an empty split or
+            a missing image.
     """
     if not splits or any(s not in ("train", "test") for s in splits):
         raise ValueError(
@@ -86,9 +87,8 @@ def load_shoes(
                 f"{record.source}: images {reference!r} -> {target!r} are in {where} of "
                 f"{lists['train'].name} and {lists['test'].name}"
             )
-        triplets[owners[0]].append(
-            Triplet(reference, entry["RelativeCaption"].strip(), (target,), record.source)
-        )
+        caption = check_caption(entry["RelativeCaption"], record.source, "RelativeCaption")
+        triplets[owners[0]].append(Triplet(reference, caption.strip(), (target,), record.source))
 
     images = ImageFiles(
         root / "images" if image_root is None else image_root, match="name", image_size=image_size

@@ -9,10 +9,11 @@ from valfusion.encoders.pyramid import FeaturePyramid, check_images
 from valfusion.encoders.small_conv_pyramid import SmallConvPyramid
 from valfusion.encoders.timm_pyramid import TimmPyramid
 from valfusion.encoders.torchvision_resnet import RESNET_ARCHS, TorchvisionResNetPyramid
-from valfusion.encoders.vocabulary import EncodedTexts, Vocabulary, tokenize
+from valfusion.encoders.vocabulary import DEFAULT_MAX_TOKENS, EncodedTexts, Vocabulary, tokenize
 from valfusion.encoders.word_vectors import WordVectors, load_word_vectors
 
 __all__ = [
+    "DEFAULT_MAX_TOKENS",
     "RESNET_ARCHS",
     "EncodedTexts",
     "FeaturePyramid",

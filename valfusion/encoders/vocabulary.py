@@ -5,6 +5,13 @@ then split into runs of word characters and single punctuation marks. The vocabu
 reserves two ids that never collide: ``PAD`` (0, fills the short rows of a batch) and
 ``UNK`` (1, any word not in the vocabulary). The VAL release uses id 0 for both, so a
 padded step and an unknown word look the same to the model; here they do not.
+
+Encoding caps every text at ``max_tokens`` tokens (default :data:`DEFAULT_MAX_TOKENS`,
+64), keeping the first ones: a single runaway caption (100,000 characters) would
+otherwise make the text encoder's batch as long as that caption. The cap covers every
+released caption measured with :func:`tokenize`: at most 19 tokens on FashionIQ val
+(26 for a pair joined with ``" and "``), 13 on Shoes and 60 on CIRR; truncated texts are
+counted (:attr:`Vocabulary.truncated_texts`) and warned about.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import NamedTuple
@@ -22,11 +30,27 @@ from torch import Tensor
 from valfusion._io import atomic_write
 from valfusion._validation import check_int_tensor, check_ndim, check_same_batch, fmt_shape
 
-__all__ = ["EncodedTexts", "Vocabulary", "tokenize"]
+__all__ = ["DEFAULT_MAX_TOKENS", "EncodedTexts", "Vocabulary", "tokenize"]
 
 _TOKEN_PATTERN = re.compile(r"\w+|[^\w\s]")
 _FORMAT = "valfusion.Vocabulary"
 _FORMAT_VERSION = 1
+
+DEFAULT_MAX_TOKENS = 64
+"""Tokens kept per text by default (the longest released caption has 60, on CIRR)."""
+
+
+def _check_max_tokens(value: object, name: str) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name}: expected a positive integer or None, got {value!r}")
+    return value
+
+
+def _truncation_message(truncated: int, total: int, longest: int, cap: int) -> str:
+    return (
+        f"texts: {truncated} of {total} texts have more than max_tokens={cap} tokens "
+        f"(the longest has {longest}); each keeps its first {cap}"
+    )
 
 
 def tokenize(text: str) -> list[str]:
@@ -71,13 +95,24 @@ class Vocabulary:
     regular tokens from 2 in the order given. Build one from training texts with
     :meth:`from_texts`.
 
+    :meth:`encode` keeps at most ``max_tokens`` tokens of each text (the first ones), so
+    that no caption, however long, makes a batch longer than that; every text it cuts
+    is counted in :attr:`truncated_texts`, and the first cut warns.
+
     Args:
         tokens: The regular tokens in id order (ids 2, 3, ...). Must be distinct
             non-empty strings and must not contain the special tokens.
+        max_tokens: Tokens kept per text by :meth:`encode` (default
+            :data:`DEFAULT_MAX_TOKENS` = 64, above every released caption); ``None``
+            keeps them all. Saved with the vocabulary.
 
     Raises:
         ValueError: If ``tokens`` has duplicates, empty or non-string entries, or a
-            special token.
+            special token, or ``max_tokens`` is not a positive integer or ``None``.
+
+    Attributes:
+        max_tokens: The cap (``None``: no cap).
+        truncated_texts: How many texts :meth:`encode` has truncated so far.
 
     Example:
         >>> vocab = Vocabulary.from_texts(["is red", "is blue"])
@@ -91,7 +126,12 @@ class Vocabulary:
     pad_id = 0
     unk_id = 1
 
-    def __init__(self, tokens: Iterable[str]) -> None:
+    def __init__(
+        self, tokens: Iterable[str], max_tokens: int | None = DEFAULT_MAX_TOKENS
+    ) -> None:
+        self.max_tokens = _check_max_tokens(max_tokens, "max_tokens")
+        self.truncated_texts = 0
+        self._warned = False
         tokens = list(tokens)
         specials = (self.pad_token, self.unk_token)
         for position, token in enumerate(tokens):
@@ -111,42 +151,64 @@ class Vocabulary:
             raise ValueError(f"tokens: expected distinct tokens, got duplicates {duplicates[:10]}")
 
     @classmethod
-    def from_texts(cls, texts: Iterable[str], min_count: int = 1) -> Vocabulary:
+    def from_texts(
+        cls,
+        texts: Iterable[str],
+        min_count: int = 1,
+        max_tokens: int | None = DEFAULT_MAX_TOKENS,
+    ) -> Vocabulary:
         """Build a vocabulary from the tokens of ``texts``.
 
         Tokens occurring at least ``min_count`` times are kept, ordered by decreasing
-        count and then alphabetically, so the same texts always give the same ids.
+        count and then alphabetically, so the same texts always give the same ids. Texts
+        longer than ``max_tokens`` tokens are counted and warned about here, before
+        training, since :meth:`encode` will keep only their first ``max_tokens`` tokens.
 
         Args:
             texts: Training texts, tokenized with :func:`tokenize`.
             min_count: Minimum number of occurrences for a token to get its own id;
                 rarer tokens map to ``unk_id``.
+            max_tokens: The vocabulary's cap (see the class); ``None`` for none.
 
         Returns:
             The vocabulary.
 
         Raises:
-            ValueError: If ``min_count`` is not a positive integer or an element of
-                ``texts`` is not a string.
+            ValueError: If ``min_count`` is not a positive integer, ``max_tokens`` is not
+                a positive integer or ``None``, or an element of ``texts`` is not a string.
+
+        Warns:
+            UserWarning: Naming how many of ``texts`` exceed ``max_tokens``.
         """
         if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
             raise ValueError(f"min_count: expected a positive integer, got {min_count!r}")
+        _check_max_tokens(max_tokens, "max_tokens")
         if isinstance(texts, str):
             raise ValueError("texts: expected an iterable of strings, got a single str")
         counts: Counter[str] = Counter()
+        total = too_long = longest = 0
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise ValueError(
                     f"texts: expected strings, got {type(text).__name__} at position {index}"
                 )
-            counts.update(tokenize(text))
+            tokens = tokenize(text)
+            counts.update(tokens)
+            total += 1
+            if max_tokens is not None and len(tokens) > max_tokens:
+                too_long += 1
+                longest = max(longest, len(tokens))
+        if too_long:
+            warnings.warn(
+                _truncation_message(too_long, total, longest, max_tokens), stacklevel=2
+            )
         specials = (cls.pad_token, cls.unk_token)
         kept = [
             token
             for token, count in sorted(counts.items(), key=lambda item: (-item[1], item[0]))
             if count >= min_count and token not in specials
         ]
-        return cls(kept)
+        return cls(kept, max_tokens=max_tokens)
 
     @property
     def tokens(self) -> tuple[str, ...]:
@@ -163,13 +225,13 @@ class Vocabulary:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Vocabulary):
             return NotImplemented
-        return self._itos == other._itos
+        return (self._itos, self.max_tokens) == (other._itos, other.max_tokens)
 
     def __hash__(self) -> int:
-        return hash(self._itos)
+        return hash((self._itos, self.max_tokens))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={len(self)})"
+        return f"{type(self).__name__}(size={len(self)}, max_tokens={self.max_tokens})"
 
     def token_to_id(self, token: str) -> int:
         """Id of ``token``, or ``unk_id`` if it is not in the vocabulary.
@@ -197,13 +259,15 @@ class Vocabulary:
 
         A text with no tokens (e.g. ``""``) is encoded as the single token ``UNK`` with
         length 1, so that every length is at least 1 and a text encoder always has a
-        valid step to pool over.
+        valid step to pool over. A text with more tokens than the cap keeps its first
+        ``cap`` tokens, so ``T <= cap``; each such text adds one to
+        :attr:`truncated_texts`.
 
         Args:
             texts: ``B >= 1`` strings. A bare ``str`` is rejected rather than read as a
                 sequence of characters; wrap a single text in a list.
-            max_length: If given, keep at most this many tokens per text (truncating
-                the end).
+            max_length: The cap for this call (no warning when it cuts); default the
+                vocabulary's ``max_tokens``.
 
         Returns:
             :class:`EncodedTexts` ``(ids (B, T) long, lengths (B,) long)`` with
@@ -212,6 +276,10 @@ class Vocabulary:
         Raises:
             ValueError: If ``texts`` is a ``str``, empty, or has a non-string element,
                 or ``max_length`` is not a positive integer.
+
+        Warns:
+            UserWarning: The first time this vocabulary truncates, naming how many texts of
+                the batch it cut (later truncations are only counted).
         """
         if isinstance(texts, str):
             raise ValueError(
@@ -224,14 +292,29 @@ class Vocabulary:
             isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
         ):
             raise ValueError(f"max_length: expected a positive integer or None, got {max_length!r}")
+        cap = self.max_tokens if max_length is None else max_length
         rows: list[list[int]] = []
+        truncated = longest = 0
         for index, text in enumerate(texts):
             if not isinstance(text, str):
                 raise ValueError(
                     f"texts: expected strings, got {type(text).__name__} at position {index}"
                 )
-            row = [self.token_to_id(token) for token in tokenize(text)] or [self.unk_id]
-            rows.append(row[:max_length] if max_length is not None else row)
+            tokens = tokenize(text)
+            if cap is not None and len(tokens) > cap:
+                truncated += 1
+                longest = max(longest, len(tokens))
+                tokens = tokens[:cap]
+            rows.append([self.token_to_id(token) for token in tokens] or [self.unk_id])
+        if truncated:
+            self.truncated_texts += truncated
+            if max_length is None and not self._warned:  # an explicit max_length is no surprise
+                self._warned = True
+                warnings.warn(
+                    _truncation_message(truncated, len(texts), longest, cap)
+                    + "; later truncations are counted in Vocabulary.truncated_texts",
+                    stacklevel=2,
+                )
         lengths = torch.tensor([len(row) for row in rows], dtype=torch.long)
         ids = torch.full((len(rows), int(lengths.max())), self.pad_id, dtype=torch.long)
         for i, row in enumerate(rows):
@@ -285,12 +368,16 @@ class Vocabulary:
             "version": _FORMAT_VERSION,
             "pad_token": self.pad_token,
             "unk_token": self.unk_token,
+            "max_tokens": self.max_tokens,
             "tokens": list(self._itos[2:]),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, object]) -> Vocabulary:
         """Inverse of :meth:`to_dict`.
+
+        A description without ``"max_tokens"`` (written before the cap existed) gets
+        :data:`DEFAULT_MAX_TOKENS`.
 
         Args:
             data: The dictionary written by :meth:`to_dict`.
@@ -313,7 +400,7 @@ class Vocabulary:
         tokens = data.get("tokens")
         if not isinstance(tokens, list):
             raise ValueError(f"data: expected 'tokens' to be a list, got {type(tokens).__name__}")
-        return cls(tokens)
+        return cls(tokens, max_tokens=data.get("max_tokens", DEFAULT_MAX_TOKENS))
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the vocabulary as JSON, atomically.

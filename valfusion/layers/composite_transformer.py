@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from valfusion._validation import check_positive_int, fmt_shape
-from valfusion.layers._inputs import check_image_text
+from valfusion.layers._inputs import check_image_text, weight_dtype
 from valfusion.layers.composite_attention import CompositeAttention
 from valfusion.layers.conv_norm_act import (
     PER_SAMPLE_MIN_TOKENS,
@@ -210,9 +210,16 @@ class CompositeTransformer(nn.Module):
 
         Raises:
             ValueError: on a wrong rank, channel count, text width, dtype or batch size,
-                or a map size other than ``feature_size``.
+                a map with ``H = 0`` or ``W = 0``, or a map size other than
+                ``feature_size``. A batch of ``B = 0`` gives an empty output.
         """
-        check_image_text(image_features, text_features, self.image_channels, self.text_channels)
+        check_image_text(
+            image_features,
+            text_features,
+            self.image_channels,
+            self.text_channels,
+            dtype=weight_dtype(self),
+        )
         if self.feature_size is not None and tuple(image_features.shape[2:]) != self.feature_size:
             raise ValueError(
                 f"image_features: expected feature map size (H, W) = {self.feature_size} "

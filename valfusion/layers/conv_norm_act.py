@@ -51,15 +51,16 @@ def use_fused_kernels(x: Tensor) -> bool:
     """Whether the hand-written autograd functions of the eager fast path apply to ``x``.
 
     Under :func:`torch.compile` the layers use the plain composition of ops instead: the
-    compiler fuses that itself, and it needs no ``out=`` products.
+    compiler fuses that itself, and it needs no ``out=`` products. An empty ``x`` (a batch
+    of zero samples) takes the plain ops too, which handle zero-size tensors.
 
     Args:
         x: an input of the layer.
 
     Returns:
-        ``True`` for a floating-point ``x`` in eager mode.
+        ``True`` for a non-empty floating-point ``x`` in eager mode.
     """
-    return x.is_floating_point() and not torch.compiler.is_compiling()
+    return x.is_floating_point() and x.numel() > 0 and not torch.compiler.is_compiling()
 
 
 def autocast_dtype(x: Tensor) -> torch.dtype | None:

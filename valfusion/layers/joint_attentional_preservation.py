@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from valfusion._validation import check_positive_int, check_same_batch, check_size
-from valfusion.layers._inputs import check_feature_map
+from valfusion.layers._inputs import check_feature_map, weight_dtype
 from valfusion.layers.composite_attention import CompositeAttention
 from valfusion.layers.conv_norm_act import (
     ConvNormAct,
@@ -220,11 +220,12 @@ class JointAttentionalPreservation(nn.Module):
             ``(F_ja, CompositeAttention)`` whose ``self_attention`` is ``None``.
 
         Raises:
-            ValueError: on a wrong rank, channel count or dtype, or when ``reference`` and
-                ``fused`` differ in batch size or map size.
+            ValueError: on a wrong rank, channel count or dtype, a map with ``H = 0`` or
+                ``W = 0``, or when ``reference`` and ``fused`` differ in batch size or map
+                size.
         """
-        check_feature_map(fused, "fused", self.channels)
-        check_feature_map(reference, "reference", self.channels)
+        check_feature_map(fused, "fused", self.channels, dtype=weight_dtype(self))
+        check_feature_map(reference, "reference", self.channels, dtype=fused.dtype, dtype_of="fused")
         check_same_batch(fused, "fused", reference, "reference")
         check_size(reference, "reference", 2, fused.shape[2], "height H (as in fused)")
         check_size(reference, "reference", 3, fused.shape[3], "width W (as in fused)")

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from valfusion._validation import check_positive_int
-from valfusion.layers._inputs import check_feature_map
+from valfusion.layers._inputs import check_feature_map, weight_dtype
 from valfusion.layers.conv_norm_act import (
     ConvNormAct,
     LayerFactory,
@@ -278,7 +278,7 @@ class SelfAttentionalTransformation(nn.Module):
 
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(B, C, H, W) -> 3 x (B, heads, N, d)``, each with unit stride on ``d``."""
-        batch = x.shape[0]
+        positions = x.shape[2] * x.shape[3]
         tokens = rearrange(x, "b c y x -> b (y x) c")
         if self.groups == 1:
             bias = None if self.qkv_bias is None else self.qkv_bias[0]
@@ -294,7 +294,8 @@ class SelfAttentionalTransformation(nn.Module):
             qkv = torch.bmm(tokens, weight)
         else:
             qkv = torch.baddbmm(rearrange(self.qkv_bias, "g e -> g 1 e"), tokens, weight)
-        q, k, v = rearrange(qkv, "g (b n) (three d) -> three b g n d", b=batch, three=3)
+        # n, not b, is given: from zero elements (b = 0) einops could not infer n
+        q, k, v = rearrange(qkv, "g (b n) (three d) -> three b g n d", n=positions, three=3)
         return q, k, v
 
     def forward(self, x: Tensor, *, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
@@ -310,9 +311,10 @@ class SelfAttentionalTransformation(nn.Module):
             each row a softmax over key positions (before dropout).
 
         Raises:
-            ValueError: on a wrong rank, channel count or dtype.
+            ValueError: on a wrong rank, channel count or dtype, or a map with ``H = 0`` or
+                ``W = 0``.
         """
-        check_feature_map(x, "x", self.channels)
+        check_feature_map(x, "x", self.channels, dtype=weight_dtype(self))
         height = x.shape[2]
         if self.fused_attn and not return_weights and use_fused_kernels(x):
             tokens = rearrange(x, "b c y x -> b (y x) c")  # strided unless x is channels_last

@@ -7,7 +7,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from valfusion._validation import check_positive_int
-from valfusion.layers._inputs import check_image_text
+from valfusion.layers._inputs import check_image_text, weight_dtype
 from valfusion.layers.composite_attention import CompositeAttention
 from valfusion.layers.conv_norm_act import PointwiseConv2d
 
@@ -89,13 +89,15 @@ class TIRG(nn.Module):
             a map: the composed vector broadcast over the positions).
 
         Raises:
-            ValueError: on a wrong rank, channel count, text width, dtype or batch size.
+            ValueError: on a wrong rank, channel count, text width, dtype or batch size, or
+                a map with ``H = 0`` or ``W = 0``.
         """
         check_image_text(
             image_features,
             text_features,
             self.image_channels,
             self.text_channels,
+            dtype=weight_dtype(self),
             allow_pooled=True,
         )
         pooled = image_features.dim() == 2

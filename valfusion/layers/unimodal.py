@@ -6,7 +6,7 @@ from einops import repeat
 from torch import Tensor, nn
 
 from valfusion._validation import check_positive_int
-from valfusion.layers._inputs import check_image_text
+from valfusion.layers._inputs import check_image_text, weight_dtype
 from valfusion.layers.composite_attention import CompositeAttention
 
 __all__ = ["ImageOnly", "TextOnly"]
@@ -42,7 +42,8 @@ class ImageOnly(nn.Module):
             ``image_features`` itself.
 
         Raises:
-            ValueError: on a wrong rank, channel count, text width, dtype or batch size.
+            ValueError: on a wrong rank, channel count, text width, dtype or batch size, or
+                a map with ``H = 0`` or ``W = 0``.
         """
         check_image_text(
             image_features,
@@ -86,13 +87,15 @@ class TextOnly(nn.Module):
             Same shape as ``image_features``.
 
         Raises:
-            ValueError: on a wrong rank, channel count, text width, dtype or batch size.
+            ValueError: on a wrong rank, channel count, text width, dtype or batch size, or
+                a map with ``H = 0`` or ``W = 0``.
         """
         check_image_text(
             image_features,
             text_features,
             self.image_channels,
             self.text_channels,
+            dtype=weight_dtype(self),
             allow_pooled=True,
         )
         out = self.proj(text_features)
