@@ -106,9 +106,10 @@ def load_folder(
         directory: the folder ``DIR``.
         splits: which of ``"train"`` and ``"test"`` to load (each needs its ``.jsonl``).
         image_size: images are resized to this (int or ``(H, W)``): tensors ``(3, H, W)``.
-        check_images: look up every image before returning.
-        drop_missing_images: drop triplets whose images are missing instead of raising
-            (counts printed and recorded in each split).
+        check_images: decode every image before returning (in threads, cached: see
+            :func:`~valfusion.data.verify_images`).
+        drop_missing_images: drop triplets whose images are missing or unreadable instead
+            of raising (counts printed and recorded in each split).
 
     Returns:
         :class:`RetrievalData` named ``"folder:DIR"`` with ``evaluation = {"test": ...}``;
@@ -116,7 +117,8 @@ def load_folder(
 
     Raises:
         DataError: ``file:line: ...`` for a malformed line, a missing key, an empty split, a
-            missing image or a target not in the gallery.
+            path leading outside ``directory``, missing or unreadable images (all listed) or
+            a target not in the gallery.
     """
     directory = Path(directory)
     unknown = [s for s in splits if s not in _SPLIT_NAMES]
