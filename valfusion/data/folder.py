@@ -22,7 +22,7 @@ import json
 import os
 import posixpath
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,7 +44,7 @@ _SPLIT_NAMES = ("train", "test")
 
 def _inside_path(value: str) -> str | None:
     """``value`` normalised (``a/./b``, ``a/../a/b`` -> ``a/b``), or ``None`` if it leads out."""
-    if PurePosixPath(value).is_absolute() or Path(value).is_absolute():
+    if value.startswith("/") or os.path.isabs(value):  # absolute on POSIX or on this system
         return None
     normal = posixpath.normpath(value)
     return None if normal == ".." or normal.startswith("../") else normal

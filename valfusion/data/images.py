@@ -15,6 +15,7 @@ symbolic link is followed.
 from __future__ import annotations
 
 import os
+import stat
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -272,6 +273,11 @@ def load_image(
 Match = Literal["path", "stem", "name"]
 
 
+def _within(path: str, folder: str) -> bool:
+    """Whether absolute, normalised ``path`` is ``folder`` or below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
 class ImageFiles:
     """Images stored as files under one root folder, read lazily with Pillow.
 
@@ -319,7 +325,8 @@ class ImageFiles:
         self.std = tuple(std)
         self.max_pixels = max_pixels
         self._index: dict[str, Path] | None = None
-        self._real_root: Path | None = None
+        self._real_root: str | None = None
+        self._real_folders: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"ImageFiles(root={str(self.root)!r}, match={self.match!r}, image_size={self.image_size})"
@@ -360,6 +367,23 @@ class ImageFiles:
             self._index = self._build_index()
         return self._index.get(image_id)
 
+    def _real_file(self, path: str) -> str | None:
+        """The real path of the regular file at absolute ``path`` (links followed), or ``None``."""
+        # Each folder is resolved once: a gallery holds thousands of files in a few folders.
+        folder, name = os.path.split(path)
+        real_folder = self._real_folders.get(folder)
+        if real_folder is None:
+            real_folder = self._real_folders[folder] = os.path.realpath(folder)
+        real = os.path.join(real_folder, name)
+        try:
+            mode = os.lstat(real).st_mode
+            if stat.S_ISLNK(mode):
+                real = os.path.realpath(real)
+                mode = os.stat(real).st_mode
+        except OSError:
+            return None
+        return real if stat.S_ISREG(mode) else None
+
     def resolve(self, image_id: str) -> Path | None:
         """The real file of ``image_id`` (every link followed), checked to lie inside ``root``.
 
@@ -374,24 +398,26 @@ class ImageFiles:
                 of it, or a symbolic link to a file elsewhere).
         """
         if self._real_root is None:
-            self._real_root = self.root.resolve()
+            self._real_root = os.path.realpath(self.root)
         if self.match == "path":  # refuse a climb out before looking at the file system
-            lexical = Path(os.path.abspath(self.root / image_id))
-            if not lexical.is_relative_to(os.path.abspath(self.root)):
+            lexical = os.path.abspath(os.path.join(self.root, image_id))
+            if not _within(lexical, os.path.abspath(self.root)):
                 raise DataError(
                     f"image {image_id!r} is outside the image folder {self.root} "
                     "(paths are relative to it and may not climb out with '..')"
                 )
-        path = self.path(image_id)
-        if path is None:
+            real = self._real_file(lexical)
+        else:
+            path = self.path(image_id)
+            real = None if path is None else self._real_file(os.path.abspath(path))
+        if real is None:
             return None
-        real = path.resolve()
-        if not real.is_relative_to(self._real_root):
+        if not _within(real, self._real_root):
             raise DataError(
                 f"image {image_id!r} is {real}, outside the image folder {self._real_root} "
                 "(a symbolic link out of it; name the folder that holds the files instead)"
             )
-        return real
+        return Path(real)
 
     def expected_location(self, image_id: str) -> str:
         """Where ``image_id`` was looked for, for error messages.

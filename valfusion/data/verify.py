@@ -125,6 +125,64 @@ def _decode(path: str, max_pixels: int) -> tuple[int, int] | str:
         return str(err)
 
 
+def _check_arguments(max_pixels: int, workers: int | None) -> None:
+    for name, value in (("max_pixels", max_pixels), ("workers", workers)):
+        if value is not None and (type(value) is not int or value <= 0):
+            raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+def _verify_resolved(
+    paths: Iterable[str], max_pixels: int, cache: bool, workers: int | None
+) -> dict[str, str]:
+    """``{resolved path: reason}`` for the resolved ``paths`` that fail (see :func:`verify_images`)."""
+    cache_dir = image_cache_dir() if cache else None
+    cache_path = None if cache_dir is None else cache_dir / _CACHE_FILE
+    known = {} if cache_path is None else _read_cache(cache_path)
+
+    verdicts: dict[str, str] = {}  # resolved path -> reason, for the files that fail
+    todo: dict[str, list[int]] = {}  # resolved path -> [size, mtime_ns] before decoding
+    unchanged = 0
+    for resolved in dict.fromkeys(paths):
+        try:
+            stat = os.stat(resolved)
+        except OSError as err:
+            verdicts[resolved] = f"{resolved}: image file not found ({err.strerror})"
+            continue
+        stamp = [stat.st_size, stat.st_mtime_ns]
+        entry = known.get(resolved)
+        if entry is None or entry[:2] != stamp:
+            todo[resolved] = stamp
+            continue
+        unchanged += 1
+        width, height = entry[2:]
+        if width * height > max_pixels:
+            verdicts[resolved] = _too_large(resolved, width, height, max_pixels)
+
+    if todo:
+        announce = len(todo) >= _ANNOUNCE_FROM
+        if announce:
+            print(
+                f"valfusion: verifying {len(todo):,} images ({unchanged:,} unchanged since "
+                "they were last verified)",
+                file=sys.stderr,
+            )
+        start = time.perf_counter()
+        with quiet_pillow_size_warnings(), ThreadPoolExecutor(workers or _default_workers()) as pool:
+            decoded = list(pool.map(lambda p: _decode(p, max_pixels), todo))
+        new_entries = {}
+        for resolved, result in zip(todo, decoded):
+            if isinstance(result, str):
+                verdicts[resolved] = result
+            else:
+                new_entries[resolved] = [*todo[resolved], *result]
+        if announce:
+            elapsed = time.perf_counter() - start
+            print(f"valfusion: verified {len(todo):,} images in {elapsed:.1f} s", file=sys.stderr)
+        if cache_path is not None and new_entries:
+            _write_cache(cache_path, new_entries)
+    return verdicts
+
+
 def verify_images(
     paths: Iterable[str | os.PathLike[str]],
     *,
@@ -153,57 +211,10 @@ def verify_images(
     Raises:
         ValueError: ``max_pixels`` or ``workers`` is not a positive int.
     """
-    for name, value in (("max_pixels", max_pixels), ("workers", workers)):
-        if value is not None and (type(value) is not int or value <= 0):
-            raise ValueError(f"{name}: expected a positive int, got {value!r}")
-    real: dict[Path, str] = {}
-    for path in paths:
-        real.setdefault(Path(path), os.path.realpath(path))
-    cache_dir = image_cache_dir() if cache else None
-    cache_path = None if cache_dir is None else cache_dir / _CACHE_FILE
-    known = {} if cache_path is None else _read_cache(cache_path)
-
-    verdicts: dict[str, str | None] = {}  # resolved path -> reason, None when good
-    todo: dict[str, list[int]] = {}  # resolved path -> [size, mtime_ns] before decoding
-    for resolved in dict.fromkeys(real.values()):
-        try:
-            stat = os.stat(resolved)
-        except OSError as err:
-            verdicts[resolved] = f"{resolved}: image file not found ({err.strerror})"
-            continue
-        stamp = [stat.st_size, stat.st_mtime_ns]
-        entry = known.get(resolved)
-        if entry is not None and entry[:2] == stamp:
-            width, height = entry[2:]
-            fits = width * height <= max_pixels
-            verdicts[resolved] = None if fits else _too_large(resolved, width, height, max_pixels)
-        else:
-            todo[resolved] = stamp
-
-    if todo:
-        announce = len(todo) >= _ANNOUNCE_FROM
-        if announce:
-            print(
-                f"valfusion: verifying {len(todo):,} images ({len(verdicts):,} unchanged "
-                "since they were last verified)",
-                file=sys.stderr,
-            )
-        start = time.perf_counter()
-        with quiet_pillow_size_warnings(), ThreadPoolExecutor(workers or _default_workers()) as pool:
-            decoded = list(pool.map(lambda p: _decode(p, max_pixels), todo))
-        new_entries = {}
-        for resolved, result in zip(todo, decoded):
-            if isinstance(result, str):
-                verdicts[resolved] = result
-            else:
-                verdicts[resolved] = None
-                new_entries[resolved] = [*todo[resolved], *result]
-        if announce:
-            elapsed = time.perf_counter() - start
-            print(f"valfusion: verified {len(todo):,} images in {elapsed:.1f} s", file=sys.stderr)
-        if cache_path is not None and new_entries:
-            _write_cache(cache_path, new_entries)
-    return {path: verdicts[resolved] for path, resolved in real.items() if verdicts[resolved]}
+    _check_arguments(max_pixels, workers)
+    real = {Path(path): os.path.realpath(path) for path in paths}
+    bad = _verify_resolved(real.values(), max_pixels, cache, workers)
+    return {path: bad[resolved] for path, resolved in real.items() if resolved in bad}
 
 
 @dataclass(frozen=True)
@@ -269,6 +280,7 @@ def check_split_images(
         if first != image_id:
             aliases[image_id] = first
     max_pixels = getattr(images, "max_pixels", MAX_IMAGE_PIXELS)
-    bad = verify_images(first_of, max_pixels=max_pixels, cache=cache, workers=workers)
-    unreadable = {first_of[path]: reason for path, reason in bad.items()}
+    _check_arguments(max_pixels, workers)
+    bad = _verify_resolved(map(str, first_of), max_pixels, cache, workers)
+    unreadable = {first_of[Path(path)]: reason for path, reason in bad.items()}
     return ImageCheck(tuple(missing), unreadable, outside, aliases)
