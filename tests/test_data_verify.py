@@ -491,3 +491,15 @@ def test_fashion200k_refuses_a_label_path_climbing_out_of_the_image_folder(tmp_p
     _good(tmp_path / "outside.png")
     with pytest.raises(DataError, match=r"test_queries\.txt:1: image '\.\./outside\.png' is outside the image folder"):
         load_fashion200k(root, splits=("test",))
+
+
+def test_write_folder_refuses_a_key_without_an_image_suffix(tmp_path):
+    with pytest.raises(ValueError, match=r"images: 'a\.txt' has no image suffix"):
+        write_folder(tmp_path / "data", images={"a.txt": _pixels(0)})
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("max_pixels", [0, -5, 2.0, True])
+def test_a_bad_pixel_limit_for_image_files_is_named(tmp_path, max_pixels):
+    with pytest.raises(ValueError, match="max_pixels"):
+        ImageFiles(tmp_path, max_pixels=max_pixels)

@@ -163,8 +163,8 @@ def load_folder(
     )
 
 
-def _pillow_image(image: Any, image_id: str) -> Any:
-    """``image`` as a ``PIL.Image``, checked: the key it came under names it in errors."""
+def _picture(image: Any, image_id: str, path: Path) -> tuple[Any, str]:
+    """``image`` as a ``PIL.Image`` and the format ``path``'s suffix picks, both checked."""
     try:
         from PIL import Image
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -187,13 +187,14 @@ def _pillow_image(image: Any, image_id: str) -> Any:
             f"images[{image_id!r}]: expected a (3, H, W) tensor or a PIL.Image, "
             f"got {type(image).__name__}"
         )
-    return image
+    file_format = Image.registered_extensions().get(path.suffix.lower())
+    if file_format is None:
+        raise ValueError(f"images: {image_id!r} has no image suffix Pillow writes (.png, .jpg, ...)")
+    return image, file_format
 
 
 def _image_destinations(directory: Path, images: Mapping[str, Any]) -> dict[str, Path]:
     """``{key: file}`` for every image, each checked to lie inside ``directory``."""
-    from PIL import Image
-
     real_directory = directory.resolve()
     destinations: dict[str, Path] = {}
     written_by: dict[Path, str] = {}
@@ -212,20 +213,13 @@ def _image_destinations(directory: Path, images: Mapping[str, Any]) -> dict[str,
             )
         if real in written_by:
             raise ValueError(f"images: {image_id!r} and {written_by[real]!r} name the same file")
-        if real.suffix.lower() not in Image.registered_extensions():
-            raise ValueError(
-                f"images: {image_id!r} has no image suffix Pillow writes (.png, .jpg, ...)"
-            )
         written_by[real] = image_id
         destinations[image_id] = real
     return destinations
 
 
-def _write_image(image: Any, path: Path) -> None:
-    from PIL import Image
-
-    file_format = Image.registered_extensions()[path.suffix.lower()]
-    atomic_write(path, lambda handle: image.save(handle, format=file_format))
+def _write_picture(path: Path, picture: Any, file_format: str) -> None:
+    atomic_write(path, lambda handle: picture.save(handle, format=file_format))
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -274,11 +268,11 @@ def write_folder(
             no image suffix; an image that is not a ``(3, H, W)`` tensor or a ``PIL.Image``.
     """
     directory = Path(directory)
+    destinations = _image_destinations(directory, images)  # all checked before anything is written
+    pictures = {key: _picture(image, key, destinations[key]) for key, image in images.items()}
     directory.mkdir(parents=True, exist_ok=True)
-    destinations = _image_destinations(directory, images)  # checked before anything is written
-    pictures = {image_id: _pillow_image(image, image_id) for image_id, image in images.items()}
-    for image_id, picture in pictures.items():
-        _write_image(picture, destinations[image_id])
+    for key, (picture, file_format) in pictures.items():
+        _write_picture(destinations[key], picture, file_format)
     for name, triplets in (("train", train), ("test", test)):
         if triplets is not None:
             _write_text(directory / f"{name}.jsonl", "".join(_line(t) + "\n" for t in triplets))

@@ -2,7 +2,8 @@
 
 Every data source hands the engine an :class:`ImageLoader`: a callable that maps an
 image id to a tensor, and answers ``id in loader`` without decoding anything (so
-missing files are found before training). :class:`ImageFiles` reads files with
+missing files are found before training; files are also decoded once before training,
+see :mod:`valfusion.data.verify`). :class:`ImageFiles` reads files with
 Pillow (the ``demo`` extra, imported only when an image is actually read); the
 synthetic benchmark renders in memory.
 
@@ -76,6 +77,10 @@ class ImageLoader(Protocol):
 
     ``loader(image_id)`` returns a float tensor of shape ``(3, H, W)``;
     ``image_id in loader`` says whether the image exists, without decoding it.
+
+    A loader that reads files may also offer ``resolve(image_id) -> Path | None`` and
+    ``max_pixels``, as :class:`ImageFiles` does: :func:`~valfusion.data.build_split` then
+    decodes each file once before training (:func:`~valfusion.data.verify_images`).
     """
 
     def __call__(self, image_id: str) -> Tensor: ...
