@@ -1,4 +1,4 @@
-"""Shared test configuration: deterministic torch, a CI-sized hypothesis profile."""
+"""Shared test configuration: deterministic torch, a CI-sized hypothesis profile, a private cache."""
 
 from __future__ import annotations
 
@@ -25,3 +25,11 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed_torch() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_image_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Image verification caches go to a temporary folder, never the user's ~/.cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VALFUSION_CACHE_DIR", str(tmp_path_factory.mktemp("valfusion-cache")))
+        yield

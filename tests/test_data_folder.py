@@ -243,6 +243,7 @@ def test_drop_missing_images_prints_and_records_the_counts(tmp_path, capsys):
         "gallery_size": 2,
         "dropped_triplets": 1,
         "missing_images": 1,
+        "unreadable_images": 0,
     }
 
 

@@ -132,8 +132,9 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--drop-missing-images", action="store_true",
-        help="drop triplets whose images are missing (counts are printed and recorded) "
-        "instead of stopping with the first missing file",
+        help="drop triplets whose images are missing or unreadable (every image is decoded "
+        "before training; counts are printed and recorded) instead of stopping with the list "
+        "of bad files",
     )
     group.add_argument(
         "--protocol", choices=("val", "original"), default=None,

@@ -4,7 +4,9 @@ Every source loads onto :class:`RetrievalData`: a training :class:`DataSplit` an
 evaluation splits, each with its :class:`Triplet` list, gallery ids, image loader and
 side information. :func:`load_source` picks the loader from one string
 (``"synthetic"``, a folder, ``"fashioniq:DIR[:CATEGORY]"``, ``"shoes:DIR"``,
-``"fashion200k:DIR"``). Bad data raise :class:`DataError` naming ``file:line``.
+``"fashion200k:DIR"``). Bad data raise :class:`DataError` naming ``file:line``: every
+image is decoded before training (:func:`verify_images`, cached) and read only from
+inside its folder.
 """
 
 from valfusion.data.datasets import (
@@ -25,6 +27,7 @@ from valfusion.data.folder import load_folder, write_folder
 from valfusion.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    MAX_IMAGE_PIXELS,
     ImageFiles,
     ImageLoader,
     denormalize,
@@ -38,6 +41,7 @@ from valfusion.data.split import DataSplit, RetrievalData
 from valfusion.data.synthetic import HELD_OUT_COMBINATIONS, SyntheticBenchmark, SyntheticImages
 from valfusion.data.triplet import Triplet
 from valfusion.data.validation import build_split
+from valfusion.data.verify import image_cache_dir, verify_images
 
 __all__ = [
     "CAPTION_MODES",
@@ -45,6 +49,7 @@ __all__ = [
     "HELD_OUT_COMBINATIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "MAX_IMAGE_PIXELS",
     "SOURCE_KINDS",
     "DataError",
     "DataSplit",
@@ -69,6 +74,7 @@ __all__ = [
     "collate_queries",
     "collate_triplets",
     "denormalize",
+    "image_cache_dir",
     "load_fashion200k",
     "load_fashioniq",
     "load_folder",
@@ -77,5 +83,6 @@ __all__ = [
     "load_source",
     "normalize",
     "parse_source",
+    "verify_images",
     "write_folder",
 ]

@@ -151,9 +151,12 @@ def load_fashion200k(
         splits: which of ``"train"`` and ``"test"`` to load.
         seed: draws each training image's sibling caption and first target.
         image_root: folder the label files' image paths are relative to; default ``root``.
+            Images are read only from inside it (``..`` climbing out, or a symbolic link
+            out of it, is refused).
         image_size: images are resized to this (int or ``(H, W)``): tensors ``(3, H, W)``.
-        check_images: look up every image before returning.
-        drop_missing_images: drop triplets whose images are missing instead of raising.
+        check_images: decode every image before returning.
+        drop_missing_images: drop triplets whose images are missing or unreadable instead
+            of raising.
 
     Returns:
         Data named ``"fashion200k"``, protocol ``"original"`` (gallery: every test image),
@@ -161,7 +164,7 @@ def load_fashion200k(
 
     Raises:
         DataError: ``file:line`` of a malformed label or query line, an unknown query
-            image, a missing file, an empty split or a missing image.
+            image, a missing file, an empty split or a missing, unreadable or outside image.
     """
     if not splits or any(s not in ("train", "test") for s in splits):
         raise ValueError(

@@ -163,11 +163,12 @@ def load_fashioniq(
             query, captions joined with ``" and "``).
         eval_split: the annotation split evaluated (``"val"``; the test split's targets
             are not public).
-        image_root: folder of ``<ASIN>.<ext>`` images; default ``root/images``.
+        image_root: folder of ``<ASIN>.<ext>`` images; default ``root/images``. Images are
+            read only from inside it (a symbolic link out of it is refused).
         image_size: images are resized to this (int or ``(H, W)``): tensors ``(3, H, W)``.
-        check_images: look up every image before returning (``False``: annotations only).
-        drop_missing_images: drop triplets whose images are missing (dead links) instead
-            of raising; counts printed and recorded.
+        check_images: decode every image before returning (``False``: annotations only).
+        drop_missing_images: drop triplets whose images are missing (dead links) or
+            unreadable instead of raising; counts printed and recorded.
 
     Returns:
         Data named ``"fashioniq-<category>"``; ``evaluation`` keyed by category; side
@@ -176,8 +177,8 @@ def load_fashioniq(
 
     Raises:
         DataError: ``file:line`` of a malformed record, a pair whose captions are all
-            empty, a missing file, an empty split, a missing image or a target not in the
-            gallery.
+            empty, a missing file, an empty split, a missing, unreadable or outside image
+            or a target not in the gallery.
     """
     _check_choice(category, "category", (*FASHIONIQ_CATEGORIES, "all"))
     _check_choice(protocol, "protocol", PROTOCOLS)

@@ -1,6 +1,6 @@
 """The generic folder format: triplets a user (or a test) can write by hand.
 
-Layout (every PATH relative to ``DIR``, any image format Pillow reads)::
+Layout (every PATH relative to ``DIR`` and inside it, any image format Pillow reads)::
 
     DIR/train.jsonl      one object per line: {"reference": PATH, "text": STR, "target": PATH}
                          ("text" must not be empty or only whitespace)
@@ -10,7 +10,10 @@ Layout (every PATH relative to ``DIR``, any image format Pillow reads)::
     DIR/side_info.json   optional: {PATH: "text about that image"}
 
 :func:`load_folder` reads it (checking every line and image before training) and
-:func:`write_folder` writes it from triplets and images.
+:func:`write_folder` writes it from triplets and images. A PATH is normalised
+(``images/./a.png`` and ``images/../images/a.png`` are ``images/a.png``, so each file is
+one image) and may not lead out of ``DIR``: absolute paths, ``..`` climbing out and
+symbolic links to files elsewhere are refused with the line that names them.
 """
 
 from __future__ import annotations
@@ -18,14 +21,16 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import posixpath
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
+from valfusion._io import atomic_write
 from valfusion.data.annotations import (
     Record,
     check_caption,
@@ -44,12 +49,24 @@ __all__ = ["load_folder", "write_folder"]
 _SPLIT_NAMES = ("train", "test")
 
 
+def _inside_path(value: str) -> str | None:
+    """``value`` normalised (``a/./b``, ``a/../a/b`` -> ``a/b``), or ``None`` if it leads out."""
+    if value.startswith("/") or os.path.isabs(value):  # absolute on POSIX or on this system
+        return None
+    normal = posixpath.normpath(value)
+    return None if normal == ".." or normal.startswith("../") else normal
+
+
 def _path_field(record: Record, key: str, value: Any) -> str:
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"{record.source}: {key!r} must be a non-empty path string, got {value!r}")
-    if PurePosixPath(value).is_absolute() or Path(value).is_absolute():
-        raise DataError(f"{record.source}: {key!r} must be relative to the folder, got {value!r}")
-    return PurePosixPath(value).as_posix()
+    normal = _inside_path(value)
+    if normal is None:
+        raise DataError(
+            f"{record.source}: {key!r} must be relative to the folder and stay inside it, "
+            f"got {value!r}"
+        )
+    return normal
 
 
 def _triplet(record: Record) -> Triplet:
@@ -95,9 +112,10 @@ def load_folder(
         directory: the folder ``DIR``.
         splits: which of ``"train"`` and ``"test"`` to load (each needs its ``.jsonl``).
         image_size: images are resized to this (int or ``(H, W)``): tensors ``(3, H, W)``.
-        check_images: look up every image before returning.
-        drop_missing_images: drop triplets whose images are missing instead of raising
-            (counts printed and recorded in each split).
+        check_images: decode every image before returning (in threads, cached: see
+            :func:`~valfusion.data.verify_images`).
+        drop_missing_images: drop triplets whose images are missing or unreadable instead
+            of raising (counts printed and recorded in each split).
 
     Returns:
         :class:`RetrievalData` named ``"folder:DIR"`` with ``evaluation = {"test": ...}``;
@@ -105,7 +123,8 @@ def load_folder(
 
     Raises:
         DataError: ``file:line: ...`` for a malformed line, a missing key, an empty or
-            whitespace-only ``"text"``, an empty split, a missing image or a target not in
+            whitespace-only ``"text"``, an empty split, a path leading outside
+            ``directory``, missing or unreadable images (all listed) or a target not in
             the gallery.
     """
     directory = Path(directory)
@@ -151,28 +170,67 @@ def load_folder(
     )
 
 
-def _save_image(image: Any, path: Path) -> None:
+def _picture(image: Any, image_id: str, path: Path) -> tuple[Any, str]:
+    """``image`` as a ``PIL.Image`` and the format ``path``'s suffix picks, both checked."""
+    try:
+        from PIL import Image
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError('writing image files needs Pillow: pip install "valfusion[demo]"') from err
     if isinstance(image, Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(
-                f"images[{path.name!r}]: expected a (3, H, W) tensor, got shape {tuple(image.shape)}"
+                f"images[{image_id!r}]: expected a (3, H, W) tensor, got shape {tuple(image.shape)}"
             )
         if image.dtype != torch.uint8:
             image = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-        try:
-            from PIL import Image
-        except ImportError as err:  # pragma: no cover - depends on the environment
-            raise ImportError(
-                'writing image files needs Pillow: pip install "valfusion[demo]"'
-            ) from err
         height, width = image.shape[1:]
         pixels = rearrange(image.cpu(), "c h w -> h w c").contiguous()
         # the raw bytes of a contiguous uint8 CPU tensor, without numpy
         image = Image.frombytes(
             "RGB", (width, height), ctypes.string_at(pixels.data_ptr(), pixels.numel())
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    image.save(path)
+    if not isinstance(image, Image.Image):
+        raise ValueError(
+            f"images[{image_id!r}]: expected a (3, H, W) tensor or a PIL.Image, "
+            f"got {type(image).__name__}"
+        )
+    file_format = Image.registered_extensions().get(path.suffix.lower())
+    if file_format is None:
+        raise ValueError(f"images: {image_id!r} has no image suffix Pillow writes (.png, .jpg, ...)")
+    return image, file_format
+
+
+def _image_destinations(directory: Path, images: Mapping[str, Any]) -> dict[str, Path]:
+    """``{key: file}`` for every image, each checked to lie inside ``directory``."""
+    real_directory = directory.resolve()
+    destinations: dict[str, Path] = {}
+    written_by: dict[Path, str] = {}
+    for image_id in images:
+        normal = _inside_path(image_id) if isinstance(image_id, str) and image_id.strip() else None
+        if normal is None:
+            raise ValueError(
+                f"images: keys must be paths relative to directory {str(directory)!r} that stay "
+                f"inside it (no absolute paths, no '..' climbing out), got {image_id!r}"
+            )
+        real = (real_directory / normal).resolve()  # follows the links already there
+        if not real.is_relative_to(real_directory):
+            raise ValueError(
+                f"images: {image_id!r} would be written to {real}, outside directory "
+                f"{str(directory)!r} (through a symbolic link)"
+            )
+        if real in written_by:
+            raise ValueError(f"images: {image_id!r} and {written_by[real]!r} name the same file")
+        written_by[real] = image_id
+        destinations[image_id] = real
+    return destinations
+
+
+def _write_picture(path: Path, picture: Any, file_format: str) -> None:
+    atomic_write(path, lambda handle: picture.save(handle, format=file_format))
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _line(triplet: Triplet) -> str:
@@ -193,10 +251,16 @@ def write_folder(
 ) -> Path:
     """Write triplets and images as a folder in the generic format.
 
+    Every file is written atomically (:func:`valfusion.engine.io.atomic_write_bytes`'s
+    writer), and only inside ``directory``: the image keys are checked, all of them, before
+    anything is written.
+
     Args:
         directory: the folder to write (created if needed).
         images: ``{relative path: image}``; an image is a tensor ``(3, H, W)`` (uint8, or
             float in ``[0, 1]``) or a ``PIL.Image``; the path's suffix picks the format.
+            A path is normalised (``a/./b.png`` is ``a/b.png``) and must stay inside
+            ``directory``.
         train: training triplets (ids are the relative image paths).
         test: test triplets; several targets become a JSON list.
         gallery: written to ``gallery.txt`` when given.
@@ -204,19 +268,23 @@ def write_folder(
 
     Returns:
         The folder's path.
+
+    Raises:
+        ValueError: an image key that is absolute, climbs out of ``directory`` with
+            ``..`` or through a symbolic link, names the same file as another key, or has
+            no image suffix; an image that is not a ``(3, H, W)`` tensor or a ``PIL.Image``.
     """
     directory = Path(directory)
+    destinations = _image_destinations(directory, images)  # all checked before anything is written
+    pictures = {key: _picture(image, key, destinations[key]) for key, image in images.items()}
     directory.mkdir(parents=True, exist_ok=True)
-    for image_id, image in images.items():
-        _save_image(image, directory / image_id)
+    for key, (picture, file_format) in pictures.items():
+        _write_picture(destinations[key], picture, file_format)
     for name, triplets in (("train", train), ("test", test)):
         if triplets is not None:
-            text = "".join(_line(t) + "\n" for t in triplets)
-            (directory / f"{name}.jsonl").write_text(text, encoding="utf-8")
+            _write_text(directory / f"{name}.jsonl", "".join(_line(t) + "\n" for t in triplets))
     if gallery is not None:
-        (directory / "gallery.txt").write_text("".join(g + "\n" for g in gallery), encoding="utf-8")
+        _write_text(directory / "gallery.txt", "".join(g + "\n" for g in gallery))
     if side_info is not None:
-        (directory / "side_info.json").write_text(
-            json.dumps(dict(side_info), indent=1), encoding="utf-8"
-        )
+        _write_text(directory / "side_info.json", json.dumps(dict(side_info), indent=1))
     return directory

@@ -2,15 +2,24 @@
 
 Every data source hands the engine an :class:`ImageLoader`: a callable that maps an
 image id to a tensor, and answers ``id in loader`` without decoding anything (so
-missing files are found before training). :class:`ImageFiles` reads files with
+missing files are found before training; files are also decoded once before training,
+see :mod:`valfusion.data.verify`). :class:`ImageFiles` reads files with
 Pillow (the ``demo`` extra, imported only when an image is actually read); the
 synthetic benchmark renders in memory.
+
+Two limits hold for every file read here: an image larger than
+:data:`MAX_IMAGE_PIXELS` (``width * height``) is refused before its pixels are decoded,
+and :class:`ImageFiles` reads only files that lie inside its root folder once every
+symbolic link is followed.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import stat
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
@@ -24,11 +33,14 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "IMAGE_SUFFIXES",
+    "MAX_IMAGE_PIXELS",
     "ImageFiles",
     "ImageLoader",
     "denormalize",
     "load_image",
     "normalize",
+    "open_rgb",
+    "quiet_pillow_size_warnings",
     "size_record",
     "to_size",
 ]
@@ -48,6 +60,15 @@ IMAGE_SUFFIXES: tuple[str, ...] = (
     ".tiff",
 )
 """File suffixes ``ImageFiles(match="stem")`` looks for."""
+MAX_IMAGE_PIXELS: int = 8192 * 8192
+"""Largest image read, in pixels (``width * height`` = 67,108,864, e.g. 8192 x 8192).
+
+Larger files are refused with a :class:`DataError` naming the file and its size, before
+their pixels are decoded: a small file can claim a huge size (a "decompression bomb")
+and would otherwise exhaust memory. This is below Pillow's own limit, so Pillow's
+``DecompressionBombWarning``/``DecompressionBombError`` never reach the user.
+Pass ``max_pixels`` to :func:`load_image` or :class:`ImageFiles` to change it.
+"""
 
 
 @runtime_checkable
@@ -56,6 +77,10 @@ class ImageLoader(Protocol):
 
     ``loader(image_id)`` returns a float tensor of shape ``(3, H, W)``;
     ``image_id in loader`` says whether the image exists, without decoding it.
+
+    A loader that reads files may also offer ``resolve(image_id) -> Path | None`` and
+    ``max_pixels``, as :class:`ImageFiles` does: :func:`~valfusion.data.build_split` then
+    decodes each file once before training (:func:`~valfusion.data.verify_images`).
     """
 
     def __call__(self, image_id: str) -> Tensor: ...
@@ -157,11 +182,70 @@ def _pillow():
     return Image
 
 
+@contextmanager
+def quiet_pillow_size_warnings() -> Iterator[None]:
+    """Silence Pillow's ``DecompressionBombWarning`` (sizes are checked against ``max_pixels``).
+
+    Meant to wrap a whole batch of reads (``warnings`` filters are process-wide, so it is
+    entered once, not from worker threads).
+    """
+    image_module = _pillow()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", image_module.DecompressionBombWarning)
+        yield
+
+
+def open_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS):
+    """Decode an image file completely into an RGB ``PIL.Image``, or say why it cannot be.
+
+    The size in the header is checked against ``max_pixels`` before anything is decoded;
+    then every pixel is decoded (a truncated or corrupt file fails here, not mid-training).
+
+    Args:
+        path: the image file.
+        max_pixels: largest ``width * height`` accepted.
+
+    Returns:
+        The decoded ``PIL.Image`` in mode ``"RGB"``.
+
+    Raises:
+        DataError: ``PATH: ...`` for a missing, empty, truncated, corrupt or non-image
+            file, or an image larger than ``max_pixels``.
+        ImportError: Pillow is not installed (the ``demo`` extra).
+    """
+    image_module = _pillow()
+    try:
+        with image_module.open(path) as image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DataError(
+                    f"{path}: image of {width} x {height} = {width * height:,} pixels is larger "
+                    f"than the maximum of {max_pixels:,} pixels (max_pixels)"
+                )
+            return image.convert("RGB")
+    except FileNotFoundError as err:
+        raise DataError(f"{path}: image file not found") from err
+    except image_module.DecompressionBombError as err:  # past twice Pillow's MAX_IMAGE_PIXELS
+        limit = 2 * (image_module.MAX_IMAGE_PIXELS or 0)
+        raise DataError(
+            f"{path}: image of more than {limit:,} pixels is larger than the maximum of "
+            f"{max_pixels:,} pixels (max_pixels)"
+            if limit >= max_pixels
+            else f"{path}: image of more than {limit:,} pixels is larger than Pillow reads "
+            "(PIL.Image.MAX_IMAGE_PIXELS)"
+        ) from err
+    except (OSError, SyntaxError, ValueError, EOFError) as err:
+        # what Pillow raises for files it cannot identify, truncated or corrupt data
+        reason = str(err) or type(err).__name__
+        raise DataError(f"{path}: cannot read image ({reason})") from err
+
+
 def load_image(
     path: str | os.PathLike[str],
     image_size: int | Sequence[int] = 224,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    max_pixels: int = MAX_IMAGE_PIXELS,
 ) -> Tensor:
     """Read an image file with Pillow, resize it and normalise it.
 
@@ -173,29 +257,30 @@ def load_image(
         image_size: output size, an int (square) or ``(H, W)``.
         mean: per-channel mean used to normalise.
         std: per-channel standard deviation used to normalise.
+        max_pixels: largest ``width * height`` read (:data:`MAX_IMAGE_PIXELS`).
 
     Returns:
         Float32 tensor ``(3, H, W)``.
 
     Raises:
-        DataError: the file is missing or Pillow cannot read it.
+        DataError: the file is missing, Pillow cannot read it, or it is larger than
+            ``max_pixels``.
         ImportError: Pillow is not installed (the ``demo`` extra).
     """
     height, width = to_size(image_size)
-    image_module = _pillow()
-    try:
-        with image_module.open(path) as image:
-            rgb = image.convert("RGB").resize((width, height), image_module.Resampling.BILINEAR)
-    except FileNotFoundError as err:
-        raise DataError(f"{path}: image file not found") from err
-    except OSError as err:  # Pillow's UnidentifiedImageError is an OSError
-        raise DataError(f"{path}: cannot read image ({err})") from err
+    with quiet_pillow_size_warnings():
+        rgb = open_rgb(path, max_pixels).resize((width, height), _pillow().Resampling.BILINEAR)
     pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
     pixels = rearrange(pixels, "(h w c) -> c h w", h=height, w=width, c=3)
     return normalize(pixels.float() / 255.0, mean, std)
 
 
 Match = Literal["path", "stem", "name"]
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether absolute, normalised ``path`` is ``folder`` or below it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 class ImageFiles:
@@ -209,12 +294,17 @@ class ImageFiles:
     - ``"name"``: the id is a file name found anywhere below ``root`` (Shoes, whose
       images are often kept in per-category sub-folders).
 
+    Only files inside ``root`` are read: an id that leads out of it (``../x.png``, an
+    absolute path, a symbolic link to a file elsewhere) is refused with a
+    :class:`DataError` by :meth:`resolve` and by loading, and is not ``in`` the loader.
+
     Args:
         root: the image folder.
         match: how ids map to files (see above).
         image_size: output size, an int (square) or ``(H, W)``.
         mean: per-channel mean used to normalise.
         std: per-channel standard deviation used to normalise.
+        max_pixels: largest image read, ``width * height`` (:data:`MAX_IMAGE_PIXELS`).
 
     ``files(image_id)`` returns a float tensor ``(3, H, W)``.
     """
@@ -227,15 +317,21 @@ class ImageFiles:
         image_size: int | Sequence[int] = 224,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        max_pixels: int = MAX_IMAGE_PIXELS,
     ) -> None:
         if match not in ("path", "stem", "name"):
             raise ValueError(f"match: expected 'path', 'stem' or 'name', got {match!r}")
+        if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
+            raise ValueError(f"max_pixels: expected a positive int, got {max_pixels!r}")
         self.root = Path(root)
         self.match = match
         self.image_size = to_size(image_size)
         self.mean = tuple(mean)
         self.std = tuple(std)
+        self.max_pixels = max_pixels
         self._index: dict[str, Path] | None = None
+        self._real_root: str | None = None
+        self._real_folders: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"ImageFiles(root={str(self.root)!r}, match={self.match!r}, image_size={self.image_size})"
@@ -258,7 +354,10 @@ class ImageFiles:
         return index
 
     def path(self, image_id: str) -> Path | None:
-        """The file of ``image_id``, or ``None`` when there is none.
+        """The file of ``image_id`` as found under ``root``, or ``None`` when there is none.
+
+        This is where the id points, links not followed and not confined to ``root``;
+        :meth:`resolve` is the checked version every read goes through.
 
         Args:
             image_id: the id as the annotations write it.
@@ -272,6 +371,58 @@ class ImageFiles:
         if self._index is None:
             self._index = self._build_index()
         return self._index.get(image_id)
+
+    def _real_file(self, path: str) -> str | None:
+        """The real path of the regular file at absolute ``path`` (links followed), or ``None``."""
+        # Each folder is resolved once: a gallery holds thousands of files in a few folders.
+        folder, name = os.path.split(path)
+        real_folder = self._real_folders.get(folder)
+        if real_folder is None:
+            real_folder = self._real_folders[folder] = os.path.realpath(folder)
+        real = os.path.join(real_folder, name)
+        try:
+            mode = os.lstat(real).st_mode
+            if stat.S_ISLNK(mode):
+                real = os.path.realpath(real)
+                mode = os.stat(real).st_mode
+        except OSError:
+            return None
+        return real if stat.S_ISREG(mode) else None
+
+    def resolve(self, image_id: str) -> Path | None:
+        """The real file of ``image_id`` (every link followed), checked to lie inside ``root``.
+
+        Args:
+            image_id: the id as the annotations write it.
+
+        Returns:
+            The absolute, resolved path, or ``None`` when there is no such file.
+
+        Raises:
+            DataError: the id leads outside ``root`` (an absolute path, ``..`` climbing out
+                of it, or a symbolic link to a file elsewhere).
+        """
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+        if self.match == "path":  # refuse a climb out before looking at the file system
+            lexical = os.path.abspath(os.path.join(self.root, image_id))
+            if not _within(lexical, os.path.abspath(self.root)):
+                raise DataError(
+                    f"image {image_id!r} is outside the image folder {self.root} "
+                    "(paths are relative to it and may not climb out with '..')"
+                )
+            real = self._real_file(lexical)
+        else:
+            path = self.path(image_id)
+            real = None if path is None else self._real_file(os.path.abspath(path))
+        if real is None:
+            return None
+        if not _within(real, self._real_root):
+            raise DataError(
+                f"image {image_id!r} is {real}, outside the image folder {self._real_root} "
+                "(a symbolic link out of it; name the folder that holds the files instead)"
+            )
+        return Path(real)
 
     def expected_location(self, image_id: str) -> str:
         """Where ``image_id`` was looked for, for error messages.
@@ -289,12 +440,17 @@ class ImageFiles:
         return f"a file named {image_id!r} below {self.root}"
 
     def __contains__(self, image_id: object) -> bool:
-        return isinstance(image_id, str) and self.path(image_id) is not None
+        if not isinstance(image_id, str):
+            return False
+        try:
+            return self.resolve(image_id) is not None
+        except DataError:  # outside the root: not an image of this loader
+            return False
 
     def __call__(self, image_id: str) -> Tensor:
-        path = self.path(image_id)
+        path = self.resolve(image_id)
         if path is None:
             raise DataError(
                 f"image {image_id!r} not found (looked for {self.expected_location(image_id)})"
             )
-        return load_image(path, self.image_size, self.mean, self.std)
+        return load_image(path, self.image_size, self.mean, self.std, self.max_pixels)

@@ -47,9 +47,11 @@ def load_shoes(
         root: the dataset folder (layout in the module docstring).
         splits: which of ``"train"`` and ``"test"`` (the ``eval`` image list) to load.
         image_root: folder searched (recursively) for the images; default ``root/images``.
+            Images are read only from inside it (a symbolic link out of it is refused).
         image_size: images are resized to this (int or ``(H, W)``): tensors ``(3, H, W)``.
-        check_images: look up every image before returning.
-        drop_missing_images: drop triplets whose images are missing instead of raising.
+        check_images: decode every image before returning.
+        drop_missing_images: drop triplets whose images are missing or unreadable instead
+            of raising.
 
     Returns:
         Data named ``"shoes"``, protocol ``"val"``, ``evaluation = {"test": ...}``.
@@ -57,7 +59,7 @@ def load_shoes(
     Raises:
         DataError: ``file:line`` of a malformed record, an empty or whitespace-only
             caption, a triplet in both or neither split, a missing file, an empty split or
-            a missing image.
+            a missing, unreadable or outside image.
     """
     if not splits or any(s not in ("train", "test") for s in splits):
         raise ValueError(

@@ -115,7 +115,8 @@ def load_source(spec: str, **options: Any) -> RetrievalData:
     Args:
         spec: the source (grammar in the module docstring).
         **options: keyword options of the source's loader, e.g. ``splits=("test",)``,
-            ``image_size=128``, ``drop_missing_images=True``, ``protocol="original"``.
+            ``image_size=128``, ``drop_missing_images=True`` (drops triplets whose images
+            are missing or unreadable), ``protocol="original"``.
 
     Returns:
         The loaded :class:`RetrievalData`.

@@ -3,7 +3,8 @@
 A :class:`RetrievalData` is what the engine consumes: a training :class:`DataSplit`
 and one or more evaluation splits (FashionIQ reports one per category), each
 holding its triplets, its gallery of image ids, an image loader, the side
-information of its images, and how many triplets were dropped for missing images.
+information of its images, and how many triplets were dropped for missing or
+unreadable images.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ class DataSplit:
             the image exists.
         side_info: ``{image id: text}`` for the images that have side information
             (attribute tags, captions, scene descriptions).
-        dropped_triplets: triplets removed because an image was missing
-            (only with ``drop_missing_images=True``; otherwise missing images are an error).
-        missing_images: distinct image ids found missing (references, targets, gallery).
+        dropped_triplets: triplets removed because an image was missing or unreadable
+            (only with ``drop_missing_images=True``; otherwise such images are an error).
+        missing_images: distinct image ids that could not be used (references, targets,
+            gallery): missing files and, counted among them, unreadable ones.
+        unreadable_images: of ``missing_images``, the files that exist but do not decode
+            (empty, truncated, corrupt, not an image, or too large).
     """
 
     name: str
@@ -44,6 +48,7 @@ class DataSplit:
     side_info: Mapping[str, str] = field(default_factory=dict)
     dropped_triplets: int = 0
     missing_images: int = 0
+    unreadable_images: int = 0
 
     def __len__(self) -> int:
         return len(self.triplets)
@@ -72,12 +77,13 @@ class DataSplit:
         return [index.get(triplet.reference, -1) for triplet in self.triplets]
 
     def summary(self) -> dict[str, int]:
-        """Counts to record next to results: triplets, gallery size, dropped, missing."""
+        """Counts to record next to results: triplets, gallery size, dropped, missing, unreadable."""
         return {
             "num_triplets": len(self.triplets),
             "gallery_size": len(self.gallery),
             "dropped_triplets": self.dropped_triplets,
             "missing_images": self.missing_images,
+            "unreadable_images": self.unreadable_images,
         }
 
 
@@ -125,7 +131,7 @@ class RetrievalData:
         Returns:
             ``{"name", "protocol", "caption_mode", "splits": {split: summary}, **info}``
             where each summary has ``num_triplets``, ``gallery_size``,
-            ``dropped_triplets`` and ``missing_images``.
+            ``dropped_triplets``, ``missing_images`` and ``unreadable_images``.
         """
         splits = {} if self.train is None else {"train": self.train.summary()}
         splits.update({name: split.summary() for name, split in self.evaluation.items()})
