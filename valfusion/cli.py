@@ -363,14 +363,15 @@ class _Setting:
 
 @functools.cache
 def _train_settings() -> dict[str, tuple[_Setting, ...]]:
-    """``train``'s settings by help group, with the registries' choices."""
+    """``train``'s settings of ``TrainConfig`` (``"training"``) and of ``VALConfig``
+    (``"model"``), with the registries' choices."""
     from valfusion.engine import AMP_MODES
     from valfusion.layers import COMPOSERS
     from valfusion.losses.hierarchical_matching import FORMS
     from valfusion.models import BACKBONES
 
     return {
-        "training (defaults: valfusion.engine.TrainConfig)": (
+        "training": (
             _Setting("steps", "optimiser steps", _POSITIVE_INT),
             _Setting("batch-size", "triplets per step per process", _POSITIVE_INT),
             _Setting("lr", "peak AdamW learning rate", _POSITIVE),
@@ -384,9 +385,9 @@ def _train_settings() -> dict[str, tuple[_Setting, ...]]:
             _Setting("keep-checkpoints", "keep the N newest checkpoints, 0 = keep all", _NON_NEGATIVE_INT),
             _Setting("log-every", "record loss and throughput every N steps", _POSITIVE_INT),
             _Setting("num-workers", "DataLoader worker processes", _NON_NEGATIVE_INT),
-            _Setting("device", "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"),
+            _Setting("device", _DEVICE_HELP),
         ),
-        "model (defaults: valfusion.models.VALConfig)": (
+        "model": (
             _Setting("composer", "composition layer", choices=COMPOSERS),
             _Setting(
                 "backbone", "image feature pyramid; ResNets need the 'vision' extra and start untrained",
@@ -405,6 +406,9 @@ def _train_settings() -> dict[str, tuple[_Setting, ...]]:
             ),
         ),
     }
+
+
+_DEVICE_HELP = "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"
 
 
 def _settings() -> tuple[_Setting, ...]:
@@ -438,8 +442,11 @@ def _setting_help(setting: _Setting) -> str:
 
 
 def _train_config(args: argparse.Namespace, image_size: int) -> Any:
-    """The ``TrainConfig`` of the settings given (the fields' defaults for the others)."""
+    """The ``TrainConfig`` of the settings given, the fields' defaults for the others; its
+    ``model`` holds every ``VALConfig`` field, so the saved run does not depend on the
+    defaults of the version that resumes it."""
     from valfusion.engine import TrainConfig
+    from valfusion.models import VALConfig
 
     training: dict[str, Any] = {}
     model: dict[str, Any] = {"image_size": image_size}
@@ -447,6 +454,8 @@ def _train_config(args: argparse.Namespace, image_size: int) -> Any:
         value = getattr(args, setting.dest)
         if value is not None:
             (training if _is_training_field(setting.target) else model)[setting.target] = value
+    model = VALConfig(vocab_size=1, **model).to_dict()
+    del model["vocab_size"]  # set from the training texts
     return TrainConfig(**training, model=model)
 
 
@@ -869,9 +878,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parser
 
 
-_DEVICE_HELP = "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"
-
-
 def _add_threads(parser: Any, default: int | None = None, why: str = "") -> None:
     shown = "PyTorch's choice" if default is None else str(default)
     parser.add_argument(
@@ -905,6 +911,14 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
     demo.set_defaults(func=_cmd_demo)
 
 
+def _add_settings(group: Any, settings: Sequence[_Setting]) -> Any:
+    for setting in settings:
+        group.add_argument(
+            f"--{setting.flag}", type=setting.type, choices=setting.choices, default=None, help=_setting_help(setting)
+        )
+    return group
+
+
 def _train_options(train: argparse.ArgumentParser) -> None:
     train.add_argument(
         "--config", action=_ConfigFile, metavar="FILE",
@@ -919,16 +933,11 @@ def _train_options(train: argparse.ArgumentParser) -> None:
         help="continue the run in RUN_DIR from its newest intact checkpoint with its saved configuration, "
         "data options, image size and thread count; a given option that differs is refused",
     )
-    for title, settings in _train_settings().items():
-        group = train.add_argument_group(title)
-        for setting in settings:
-            group.add_argument(
-                f"--{setting.flag}", type=setting.type, choices=setting.choices, default=None,
-                help=_setting_help(setting),
-            )
-        if title.startswith("training"):
-            group.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
-            _add_threads(group)
+    settings = _train_settings()
+    training = _add_settings(train.add_argument_group("training (defaults: valfusion.engine.TrainConfig)"), settings["training"])
+    training.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    _add_threads(training)
+    _add_settings(train.add_argument_group("model (defaults: valfusion.models.VALConfig)"), settings["model"])
     _add_data_options(train)
     train.set_defaults(func=_cmd_train)
 
