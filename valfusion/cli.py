@@ -542,7 +542,7 @@ def _config_values(table: dict[str, Any], options: dict[str, argparse.Action]) -
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise argparse.ArgumentTypeError(
                 f"unknown key {key!r}{hint}; the keys are the long options of valfusion train without "
-                "their dashes (see --help)"
+                "their dashes"
             )
         if dest in spelled:
             raise argparse.ArgumentTypeError(f"{spelled[dest]!r} and {key!r} set the same option")
