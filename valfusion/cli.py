@@ -942,12 +942,18 @@ def _train_options(train: argparse.ArgumentParser) -> None:
     train.set_defaults(func=_cmd_train)
 
 
+def _add_inference_options(parser: argparse.ArgumentParser, *, workers: bool) -> None:
+    """How evaluate and search embed images: --batch-size, --num-workers, --device."""
+    parser.add_argument("--batch-size", type=_POSITIVE_INT, default=256, help="images per forward pass (default: %(default)s)")
+    if workers:
+        parser.add_argument("--num-workers", type=_NON_NEGATIVE_INT, default=0, help="DataLoader worker processes (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help=f"{_DEVICE_HELP} (default: %(default)s)")
+
+
 def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `valfusion train` (or demo)")
     evaluate.add_argument("--data", required=True, metavar="SOURCE", help="the data source (as for train)")
-    evaluate.add_argument("--batch-size", type=_POSITIVE_INT, default=256, help="images per forward pass (default: %(default)s)")
-    evaluate.add_argument("--num-workers", type=_NON_NEGATIVE_INT, default=0, help="DataLoader worker processes (default: %(default)s)")
-    evaluate.add_argument("--device", default="auto", help=f"{_DEVICE_HELP} (default: %(default)s)")
+    _add_inference_options(evaluate, workers=True)
     _add_data_options(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
@@ -964,8 +970,7 @@ def _search_options(search: argparse.ArgumentParser) -> None:
     )
     search.add_argument("-k", type=_POSITIVE_INT, default=10, help="how many results (default: %(default)s)")
     search.add_argument("--picture", default=None, metavar="PNG", help="where to draw the results (default: RUN_DIR/search.png)")
-    search.add_argument("--batch-size", type=_POSITIVE_INT, default=256, help="images per forward pass (default: %(default)s)")
-    search.add_argument("--device", default="auto", help=f"{_DEVICE_HELP} (default: %(default)s)")
+    _add_inference_options(search, workers=False)
     _add_data_options(search)
     search.set_defaults(func=_cmd_search)
 
