@@ -83,7 +83,7 @@ def test_help_of_every_command_explains_every_option(command, capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     parser = build_parser()
-    subparser = parser._subparsers._group_actions[0].choices[command]
+    subparser = parser._subparsers._group_actions[0].choices[command].populated()
     for action in subparser._actions:
         assert action.help, f"{command}: option {action.option_strings or action.dest} has no help"
         for option in action.option_strings:

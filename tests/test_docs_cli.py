@@ -44,3 +44,18 @@ def test_help_text_on_the_page_is_what_the_command_prints(
         main([*command.split()[1:], "--help"])
     assert exit_info.value.code == 0
     assert printed.getvalue().rstrip("\n") == BLOCKS[command].rstrip("\n")
+
+
+_TOML = re.compile(r'^```toml title="(?P<name>[^"]+)"\n(?P<text>.*?)^```$', re.M | re.S)
+
+
+def test_the_config_file_example_on_the_page_is_accepted(tmp_path) -> None:
+    from valfusion.cli import build_parser
+
+    examples = {m["name"]: m["text"] for m in _TOML.finditer(PAGE.read_text(encoding="utf-8"))}
+    assert list(examples) == ["run.toml"]
+    path = tmp_path / "run.toml"
+    path.write_text(examples["run.toml"], encoding="utf-8")
+    args = build_parser().parse_args(["train", "--config", str(path), "--out", str(tmp_path / "run")])
+    assert (args.backbone, args.batch_size, args.lr, args.channels) == ("resnet50", 32, 2e-4, (32, 64, 128))
+    assert args.drop_missing_images is True and dict(args.data_option) == {"eval_split": "val"}

@@ -1,21 +1,38 @@
 """The ``valfusion`` command: demo, train, evaluate, search, bench.
 
-Every sub-command explains its options with ``--help``. Exit statuses:
+Every sub-command explains its options with ``--help``; ``valfusion train --config FILE``
+reads them from a TOML or JSON file too. Exit statuses:
 
 - 0: done;
 - 1: training stopped on a failure (a non-finite loss, data that could not be read)
-  after saving the state of its last completed step, named in one line on stderr;
-- 2: a user mistake (a bad path, an unknown composer, a bad option value, bad data, a
-  ``--resume`` that would change the run), one line on stderr, nothing trained;
+  after saving the state of its last completed step, named in one line on stderr; or an
+  internal error (a bug), with its traceback;
+- 2: a user mistake (a bad path, an unknown composer, a bad option value or config file,
+  bad data, a ``--resume`` that would change the run), one line on stderr
+  (``valfusion --debug COMMAND ...`` prints its traceback too), nothing trained;
 - 130 / 143: stopped by SIGINT (Ctrl-C) / SIGTERM; training saves its state first and
   says in one line where, and how to resume.
+
+A user mistake is a :class:`UsageError` (the command's own checks), a
+:class:`~valfusion.data.DataError` (it names the file and line) wherever it is raised, and
+a ``ValueError``, ``FileNotFoundError`` or ``ImportError`` (a missing extra) raised while
+the command reads what it was given (:func:`_reading_input`): the options, the data, the
+model folder, the set-up of a training run (and the checks of a resumed one), the query of
+``search``. Raised later, while training, evaluating or ranking, a ``ValueError`` is a bug
+and keeps its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
+import difflib
+import functools
 import hashlib
+import inspect
 import json
+import math
 import os
 import re
 import shlex
@@ -23,7 +40,7 @@ import subprocess
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,8 +48,9 @@ from valfusion._version import __version__
 
 __all__ = ["main"]
 
-EXIT_STOPPED = 1
+EXIT_FAILED = 1
 EXIT_USAGE = 2
+RESOLVED_CONFIG_FILE = "resolved_config.json"
 
 
 class UsageError(Exception):
@@ -40,7 +58,40 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``valfusion train: error: ... (see --help)``."""
+    """argparse with one-line errors (``valfusion train: error: ... (see --help)``), whose
+    arguments are added when it first parses or prints its help.
+
+    The sub-commands take their choices and defaults from the registries and the
+    configuration dataclasses, which import torch: added lazily, they cost nothing to
+    ``valfusion --version`` and ``valfusion --help``.
+    """
+
+    def __init__(
+        self, *args: Any, add_arguments: Callable[[argparse.ArgumentParser], None] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._add_arguments = add_arguments
+
+    def populated(self) -> _Parser:
+        """This parser, with its arguments added."""
+        if self._add_arguments is not None:
+            add, self._add_arguments = self._add_arguments, None
+            add(self)
+        return self
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self.populated()
+        return super().parse_known_args(args, namespace)
+
+    def format_usage(self) -> str:
+        self.populated()
+        return super().format_usage()
+
+    def format_help(self) -> str:
+        self.populated()
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -50,83 +101,117 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
     pass
 
 
-# ---------------------------------------------------------------------------- parsing helpers
+# ---------------------------------------------------------------------------- option types
+# Each reads its option from the command line (`__call__`, argparse's `type`) and from a
+# --config file (`from_file`), with the same checks and the same message.
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+@dataclasses.dataclass(frozen=True)
+class _Number:
+    """An integer or a finite real number, optionally ``"positive"`` or ``"non-negative"``."""
+
+    whole: bool
+    bound: str | None = None
+
+    def __call__(self, text: str) -> int | float:
+        try:
+            value = int(text) if self.whole else float(text)
+        except ValueError:
+            raise self._refused(text) from None
+        return self._checked(value, text)
+
+    def from_file(self, value: object) -> int | float:
+        kinds = int if self.whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            raise self._refused(value)
+        return self._checked(value if self.whole else float(value), value)
+
+    def _checked(self, value: int | float, given: object) -> int | float:
+        finite = self.whole or math.isfinite(value)
+        if not finite or (self.bound == "positive" and value <= 0) or (self.bound == "non-negative" and value < 0):
+            raise self._refused(given)
+        return value
+
+    def _refused(self, given: object) -> argparse.ArgumentTypeError:
+        noun = "integer" if self.whole else "number"
+        what = f"a {self.bound} {noun}" if self.bound else ("an integer" if self.whole else "a number")
+        return argparse.ArgumentTypeError(f"expected {what}, got {given!r}")
+
+
+_INTEGER = _Number(whole=True)
+_POSITIVE_INT = _Number(whole=True, bound="positive")
+_NON_NEGATIVE_INT = _Number(whole=True, bound="non-negative")
+_POSITIVE = _Number(whole=False, bound="positive")
+_NON_NEGATIVE = _Number(whole=False, bound="non-negative")
+
+
+class _Channels:
+    """Level channels: ``32,64,128`` on the command line, ``[32, 64, 128]`` in a file."""
+
+    def __call__(self, text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if not values or any(v < 1 for v in values):
+            raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 32,64,128, got {text!r}")
+        return values
+
+    def from_file(self, value: object) -> tuple[int, ...]:
+        if not isinstance(value, list) or not value or any(
+            isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value
+        ):
+            raise argparse.ArgumentTypeError(f"expected a list of positive integers like [32, 64, 128], got {value!r}")
+        return tuple(value)
+
+
+class _LoaderOption:
+    """``-o KEY=VALUE`` (VALUE read as JSON when it parses); in a file, a table of them."""
+
+    def __call__(self, text: str) -> tuple[str, Any]:
+        key, sep, raw = text.partition("=")
+        if not sep or not key:
+            raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        return key, value
+
+    def from_file(self, value: object) -> list[tuple[str, Any]]:
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"expected a table of loader options such as {{num_train = 2000}}, got {value!r}")
+        return list(value.items())
+
+
+def _file_value(action: argparse.Action, value: object) -> Any:
+    """``value`` for ``action``'s option from a --config file, checked as the command line checks it."""
+    if hasattr(action.type, "from_file"):
+        return action.type.from_file(value)
+    if action.nargs == 0:  # a switch, such as --drop-missing-images
+        if not isinstance(value, bool):
+            raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+        return value
+    if not isinstance(value, str) or (action.choices is not None and value not in action.choices):
+        expected = "a string" if action.choices is None else f"one of {', '.join(action.choices)}"
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}")
     return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a non-negative number, got {text!r}")
-    return value
-
-
-def _channels(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers like 32,64,128, got {text!r}")
-    return values
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    key, sep, raw = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key, value
-
-
-def _composers():
-    from valfusion.layers import COMPOSERS
-
-    return COMPOSERS
 
 
 # ---------------------------------------------------------------------------- data options
 
 
+# The loader options with a flag of their own; any other goes through -o KEY=VALUE.
+_DATA_SWITCHES = ("drop_missing_images", "protocol", "caption_mode")
+
+
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    from valfusion.data.fashioniq import CAPTION_MODES, PROTOCOLS, load_fashioniq
+
+    fashioniq = inspect.signature(load_fashioniq).parameters
     group = parser.add_argument_group("data")
     group.add_argument(
-        "--image-size", type=_positive_int, default=None,
+        "--image-size", type=_POSITIVE_INT, default=None,
         help="resize images to this side in pixels (default: 64 for synthetic, 224 for files; "
         "evaluate/search default to the model's)",
     )
@@ -137,17 +222,17 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
         "of bad files",
     )
     group.add_argument(
-        "--protocol", choices=("val", "original"), default=None,
+        "--protocol", choices=PROTOCOLS, default=None,
         help="FashionIQ gallery: 'val' = union of the queries' references and targets, "
-        "'original' = the category's whole image split (default: val)",
+        f"'original' = the category's whole image split (default: {fashioniq['protocol'].default})",
     )
     group.add_argument(
-        "--caption-mode", choices=("separate", "joined"), default=None,
+        "--caption-mode", choices=CAPTION_MODES, default=None,
         help="FashionIQ's two captions per pair: one query each (separate, as VAL) or one "
-        "joined query (default: separate)",
+        f"joined query (default: {fashioniq['caption_mode'].default})",
     )
     group.add_argument(
-        "-o", "--data-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+        "-o", "--data-option", action="append", type=_LoaderOption(), default=[], metavar="KEY=VALUE",
         help="another option of the source's loader (repeatable), e.g. -o num_train=2000 "
         "for synthetic; VALUE is read as JSON when it parses, else as a string",
     )
@@ -156,12 +241,10 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 def _data_options(args: argparse.Namespace) -> dict[str, Any]:
     """The loader options given on the command line (not the splits, not the image size)."""
     options: dict[str, Any] = dict(args.data_option)
-    if args.drop_missing_images:
-        options["drop_missing_images"] = True
-    if args.protocol is not None:
-        options["protocol"] = args.protocol
-    if args.caption_mode is not None:
-        options["caption_mode"] = args.caption_mode
+    for key in _DATA_SWITCHES:
+        value = getattr(args, key)
+        if value is not None and value is not False:
+            options[key] = value
     return options
 
 
@@ -230,7 +313,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             progress=False if args.no_progress else None,
         )
     except TrainingStopped as stopped:  # several runs: no one resume command to suggest
-        _report_stopped(stopped, None)
+        _report_stopped(stopped, None, args.debug)
         return _stopped_status(stopped)
     print(format_table(results))
     print()
@@ -254,62 +337,261 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-_TRAIN_OPTIONS = (
-    "composer", "steps", "batch_size", "lr", "weight_decay", "warmup_steps", "grad_clip", "amp", "seed",
-    "backbone", "channels", "word_dim", "text_hidden_dim", "text_dim", "loss", "temperature", "semantic_dim",
-)
+# ---------------------------------------------------------------------------- train's settings
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setting:
+    """A ``train`` option that sets a field of ``TrainConfig``, or of ``VALConfig`` through
+    ``TrainConfig.model``; its default, shown in the help, is the field's."""
+
+    flag: str
+    help: str
+    type: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    field: str | None = None  # when not the flag's name
+    unset: str = "off"  # what the help calls a default of None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.replace("-", "_")
+
+    @property
+    def target(self) -> str:
+        """The field it sets."""
+        return self.field or self.dest
+
+
+@functools.cache
+def _train_settings() -> dict[str, tuple[_Setting, ...]]:
+    """``train``'s settings of ``TrainConfig`` (``"training"``) and of ``VALConfig``
+    (``"model"``), with the registries' choices."""
+    from valfusion.engine import AMP_MODES
+    from valfusion.layers import COMPOSERS
+    from valfusion.losses.hierarchical_matching import FORMS
+    from valfusion.models import BACKBONES
+
+    return {
+        "training": (
+            _Setting("steps", "optimiser steps", _POSITIVE_INT),
+            _Setting("batch-size", "triplets per step per process", _POSITIVE_INT),
+            _Setting("lr", "peak AdamW learning rate", _POSITIVE),
+            _Setting("weight-decay", "AdamW weight decay on weight matrices", _NON_NEGATIVE),
+            _Setting("warmup-steps", "linear warm-up steps before the cosine decay", _NON_NEGATIVE_INT),
+            _Setting("grad-clip", "max global gradient norm, 0 disables", _NON_NEGATIVE),
+            _Setting("amp", "mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA)", choices=AMP_MODES),
+            _Setting("seed", "seed of the initialisation, data order and dropout", _INTEGER),
+            _Setting("eval-every", "evaluate every N steps, 0 = only at the end", _NON_NEGATIVE_INT),
+            _Setting("checkpoint-every", "checkpoint every N steps, 0 = only at the end and when stopped", _NON_NEGATIVE_INT),
+            _Setting("keep-checkpoints", "keep the N newest checkpoints, 0 = keep all", _NON_NEGATIVE_INT),
+            _Setting("log-every", "record loss and throughput every N steps", _POSITIVE_INT),
+            _Setting("num-workers", "DataLoader worker processes", _NON_NEGATIVE_INT),
+            _Setting("device", _DEVICE_HELP),
+        ),
+        "model": (
+            _Setting("composer", "composition layer", choices=COMPOSERS),
+            _Setting(
+                "backbone", "image feature pyramid; ResNets need the 'vision' extra and start untrained",
+                choices=tuple(b for b in BACKBONES if b != "custom"),  # "custom" is a module passed in Python
+            ),
+            _Setting("channels", "level channels of the small backbone, e.g. 32,64,128", _Channels(), field="backbone_channels"),
+            _Setting("word-dim", "word embedding size", _POSITIVE_INT),
+            _Setting("text-hidden-dim", "LSTM hidden size", _POSITIVE_INT),
+            _Setting("text-dim", "text feature size fed to the composers", _POSITIVE_INT),
+            _Setting("loss", "matching loss: batch softmax (paper) or triplet (release)", choices=FORMS),
+            _Setting("temperature", "softmax temperature", _POSITIVE),
+            _Setting(
+                "semantic-dim",
+                "train the visual-semantic term on the targets' side information in a space of this size",
+                _POSITIVE_INT,
+            ),
+        ),
+    }
+
+
+_DEVICE_HELP = "'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'"
+
+
+def _settings() -> tuple[_Setting, ...]:
+    return tuple(s for group in _train_settings().values() for s in group)
+
+
+def _is_training_field(name: str) -> bool:
+    """A field of ``TrainConfig`` itself (else of ``VALConfig``)."""
+    from valfusion.engine import TrainConfig
+
+    return name in {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _field_default(setting: _Setting) -> Any:
+    from valfusion.engine import TrainConfig
+    from valfusion.models import VALConfig
+
+    owner = TrainConfig if _is_training_field(setting.target) else VALConfig
+    return next(f.default for f in dataclasses.fields(owner) if f.name == setting.target)
+
+
+def _setting_help(setting: _Setting) -> str:
+    default = _field_default(setting)
+    if default is None:
+        shown = setting.unset
+    elif isinstance(default, tuple):
+        shown = ",".join(str(v) for v in default)  # as the flag takes it
+    else:
+        shown = str(default)
+    return f"{setting.help} (default: {shown})"
 
 
 def _train_config(args: argparse.Namespace, image_size: int) -> Any:
+    """The ``TrainConfig`` of the settings given, the fields' defaults for the others; its
+    ``model`` holds every ``VALConfig`` field, so the saved run does not depend on the
+    defaults of the version that resumes it."""
     from valfusion.engine import TrainConfig
+    from valfusion.models import VALConfig
 
-    defaults = TrainConfig()
+    training: dict[str, Any] = {}
     model: dict[str, Any] = {"image_size": image_size}
-    for option, key in (
-        ("composer", "composer"), ("backbone", "backbone"), ("channels", "backbone_channels"),
-        ("word_dim", "word_dim"), ("text_hidden_dim", "text_hidden_dim"), ("text_dim", "text_dim"),
-        ("loss", "loss"), ("temperature", "temperature"), ("semantic_dim", "semantic_dim"),
-    ):
-        value = getattr(args, option)
+    for setting in _settings():
+        value = getattr(args, setting.dest)
         if value is not None:
-            model[key] = value
+            (training if _is_training_field(setting.target) else model)[setting.target] = value
+    model = VALConfig(vocab_size=1, **model).to_dict()
+    del model["vocab_size"]  # set from the training texts
+    return TrainConfig(**training, model=model)
 
-    def pick(name: str) -> Any:
-        value = getattr(args, name, None)
-        return getattr(defaults, name) if value is None else value
 
-    return TrainConfig(
-        steps=pick("steps"), batch_size=pick("batch_size"), lr=pick("lr"), weight_decay=pick("weight_decay"),
-        warmup_steps=pick("warmup_steps"), grad_clip=pick("grad_clip"), amp=pick("amp"), seed=pick("seed"),
-        eval_every=pick("eval_every"), checkpoint_every=pick("checkpoint_every"),
-        keep_checkpoints=pick("keep_checkpoints"), log_every=pick("log_every"),
-        num_workers=pick("num_workers"), device=pick("device"), model=model,
-    )
+def _saved_value(config: Any, setting: _Setting) -> Any:
+    """The value a saved ``TrainConfig`` holds for ``setting``."""
+    if _is_training_field(setting.target):
+        return getattr(config, setting.target)
+    return getattr(config.model_config(1), setting.target)
+
+
+# ---------------------------------------------------------------------------- train's config file
+
+
+_NOT_IN_CONFIG_FILE = frozenset({"help", "config", "out", "resume"})
+
+
+class _ConfigFile(argparse.Action):
+    """``--config FILE``: the options of a TOML or JSON file, where the command line sets none.
+
+    The keys are the long options without their dashes (``-`` or ``_``); a switch takes
+    ``true``/``false``, ``channels`` a list, ``data_option`` a table. An option given on
+    the command line wins, before or after ``--config``; ``-o`` options are added to the
+    file's ``data_option`` table. A bad file, an unknown key or a wrong value is an error
+    naming the file, the key, what was expected and what was found.
+    """
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: str | None = None
+    ) -> None:
+        path = str(values)
+        options = {a.dest: a for a in parser._actions if a.option_strings and a.dest not in _NOT_IN_CONFIG_FILE}
+        try:
+            given = _config_values(_read_config_file(Path(path)), options)
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentError(self, f"{path}: {error}") from None
+        for dest, value in given.items():
+            if dest == "data_option":
+                setattr(namespace, dest, [*value, *getattr(namespace, dest)])
+            elif getattr(namespace, dest) == options[dest].default:  # not set on the command line
+                setattr(namespace, dest, value)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """The table of a ``.toml`` or ``.json`` file."""
+    kind = {".toml": "TOML", ".json": "JSON"}.get(path.suffix.lower())
+    if kind is None:
+        raise argparse.ArgumentTypeError(f"expected a .toml or .json file, got {path.name!r}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected UTF-8 text ({error})") from None
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot read the file ({error.strerror or error})") from None
+    try:
+        table = json.loads(text) if kind == "JSON" else _toml().loads(text)
+    except ValueError as error:  # json.JSONDecodeError and tomllib.TOMLDecodeError
+        raise argparse.ArgumentTypeError(f"not valid {kind}: {error}") from None
+    if not isinstance(table, dict):
+        raise argparse.ArgumentTypeError(f"expected a table of options, got {type(table).__name__}")
+    return table
+
+
+def _toml() -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as tomllib
+        except ImportError:
+            raise argparse.ArgumentTypeError(
+                "reading TOML needs Python 3.11 or the tomli package (pip install tomli); or write the file as JSON"
+            ) from None
+    return tomllib
+
+
+def _config_values(table: dict[str, Any], options: dict[str, argparse.Action]) -> dict[str, Any]:
+    """``{dest: value}`` of a config file's table, each value checked as its option's."""
+    values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    for key, raw in table.items():
+        dest = key.replace("-", "_")
+        if dest not in options:
+            close = difflib.get_close_matches(dest, options, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise argparse.ArgumentTypeError(
+                f"unknown key {key!r}{hint}; the keys are the long options of valfusion train without "
+                "their dashes"
+            )
+        if dest in spelled:
+            raise argparse.ArgumentTypeError(f"{spelled[dest]!r} and {key!r} set the same option")
+        spelled[dest] = key
+        try:
+            values[dest] = _file_value(options[dest], raw)
+        except argparse.ArgumentTypeError as error:
+            raise argparse.ArgumentTypeError(f"{key}: {error}") from None
+    return values
+
+
+def _resolved_config(config: Any, identity: Any) -> dict[str, Any]:
+    """The ``--config`` file of a run: its data source (absolute), loader options, image
+    size, thread count and every training and model setting, so that
+    ``valfusion train --config RUN_DIR/resolved_config.json --out NEW`` trains the same run
+    again, and ``--resume`` with it accepts the run."""
+    resolved: dict[str, Any] = {
+        "data": identity.source,
+        "image_size": config.model_config(1).image_size,
+        "threads": identity.threads,
+    }
+    for setting in _settings():
+        value = _saved_value(config, setting)
+        if value is not None:
+            resolved[setting.dest] = list(value) if isinstance(value, tuple) else value
+    options = dict(identity.data_options or {})
+    resolved.update({key: options.pop(key) for key in _DATA_SWITCHES if key in options})
+    if options:
+        resolved["data_option"] = options
+    return resolved
+
+
+# ---------------------------------------------------------------------------- train
 
 
 _NOT_SET = object()
-_SETTINGS_THAT_MAY_CHANGE = ("eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "device")
-
-
-def _saved_value(config: Any, option: str) -> Any:
-    """The value a saved TrainConfig holds for a training or model option of `train`."""
-    if hasattr(config, option):
-        return getattr(config, option)
-    model = config.model_config(1)
-    return getattr(model, "backbone_channels" if option == "channels" else option)
 
 
 def _data_flag(key: str) -> str:
-    return {"drop_missing_images": "--drop-missing-images", "protocol": "--protocol",
-            "caption_mode": "--caption-mode"}.get(key, f"-o {key}")
+    return f"--{key.replace('_', '-')}" if key in _DATA_SWITCHES else f"-o {key}"
 
 
 def _resume_settings(args: argparse.Namespace, run_dir: Path) -> tuple[Any, dict[str, Any], Any]:
     """The saved configuration, data options and image size of the run to resume.
 
-    Options given on the command line must agree with the saved ones (those that do not
-    change the weights, such as --checkpoint-every, may change); a thread count not given
-    is set to the saved one.
+    Options given (on the command line or in a --config file) must agree with the saved
+    ones; those that do not change the weights, such as --checkpoint-every, may change. A
+    thread count not given is set to the saved one.
 
     Raises:
         UsageError: naming every given option that differs (saved vs given).
@@ -318,15 +600,21 @@ def _resume_settings(args: argparse.Namespace, run_dir: Path) -> tuple[Any, dict
 
     from valfusion.engine import IDENTITY_FILE, TRAIN_CONFIG_FILE, RunIdentity, TrainConfig
     from valfusion.engine.identity import canonical_source
+    from valfusion.engine.trainer import _UNTRAINED_FIELDS
 
     config = TrainConfig.from_dict(json.loads((run_dir / TRAIN_CONFIG_FILE).read_text()))
     identity_file = run_dir / IDENTITY_FILE
     identity = RunIdentity.from_dict(json.loads(identity_file.read_text())) if identity_file.is_file() else None
     differences = []
-    for option in _TRAIN_OPTIONS:
-        given, saved = getattr(args, option), _saved_value(config, option)
-        if given is not None and given != saved:
-            differences.append(f"--{option.replace('_', '-')}: saved {saved!r}, given {given!r}")
+    may_change = {}
+    for setting in _settings():
+        given = getattr(args, setting.dest)
+        if given is None:
+            continue
+        if setting.target in _UNTRAINED_FIELDS:
+            may_change[setting.target] = given
+        elif given != (saved := _saved_value(config, setting)):
+            differences.append(f"--{setting.flag}: saved {saved!r}, given {given!r}")
     options = _data_options(args)
     image_size = args.image_size if args.image_size is not None else config.model.get("image_size")
     if identity is not None:
@@ -351,15 +639,13 @@ def _resume_settings(args: argparse.Namespace, run_dir: Path) -> tuple[Any, dict
         )
     if identity is not None and args.threads is None:
         torch.set_num_threads(identity.threads)
-    saved = config.to_dict()
-    saved.update({k: getattr(args, k) for k in _SETTINGS_THAT_MAY_CHANGE if getattr(args, k) is not None})
-    return TrainConfig.from_dict(saved), options, image_size
+    return TrainConfig.from_dict({**config.to_dict(), **may_change}), options, image_size
 
 
-def _report_stopped(stopped: Any, resume: str | None) -> None:
+def _report_stopped(stopped: Any, resume: str | None, debug: bool) -> None:
     """One line on stderr: what stopped training, where its state is, how to go on."""
     cause = stopped.__cause__
-    if cause is not None and not isinstance(cause, ValueError | OSError):
+    if cause is not None and (debug or not isinstance(cause, ValueError | OSError)):
         # Not a data problem the user can fix from one line: keep the traceback.
         traceback.print_exception(type(cause), cause, cause.__traceback__, file=sys.stderr)
     how = ""
@@ -375,7 +661,7 @@ def _report_stopped(stopped: Any, resume: str | None) -> None:
 
 def _stopped_status(stopped: Any) -> int:
     """128 + the signal number for a signal (130 SIGINT, 143 SIGTERM), else 1."""
-    return 128 + stopped.signal if stopped.signal is not None else EXIT_STOPPED
+    return 128 + stopped.signal if stopped.signal is not None else EXIT_FAILED
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -383,39 +669,51 @@ def _cmd_train(args: argparse.Namespace) -> int:
         CHECKPOINT_DIR,
         RunIdentity,
         TrainingStopped,
+        atomic_write_json,
+        build_trainer,
         init_distributed,
         latest_checkpoint,
-        train,
     )
 
+    if args.data is None:
+        raise UsageError("--data: expected a SOURCE, on the command line or as 'data' in the --config file")
     run_dir = Path(args.out)
-    has_checkpoint = latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
-    if args.resume:
-        if not has_checkpoint:
-            raise UsageError(f"--resume: {run_dir} holds no checkpoint to resume from")
-        config, options, image_size = _resume_settings(args, run_dir)
-    elif has_checkpoint:
-        raise UsageError(f"--out: {run_dir} already holds a run; pass --resume to continue it or choose another folder")
-    else:
-        config, options, image_size = None, _data_options(args), args.image_size
-    context, _ = init_distributed(args.device or "auto")
+    with _reading_input():
+        has_checkpoint = latest_checkpoint(run_dir / CHECKPOINT_DIR) is not None
+        if args.resume:
+            if not has_checkpoint:
+                raise UsageError(f"--resume: {run_dir} holds no checkpoint to resume from")
+            config, options, image_size = _resume_settings(args, run_dir)
+        elif has_checkpoint:
+            raise UsageError(f"--out: {run_dir} already holds a run; pass --resume to continue it or choose another folder")
+        else:
+            config, options, image_size = None, _data_options(args), args.image_size
+        context, _ = init_distributed(args.device or "auto")
     try:
-        data = _load_source(args.data, options, ("train", "test"), image_size)
-        if config is None:
-            config = _train_config(args, _data_image_size(data, image_size))
-        identity = RunIdentity.from_data(data, source=args.data, data_options=options)
-        try:
-            result = train(
+        with _reading_input():
+            data = _load_source(args.data, options, ("train", "test"), image_size)
+            if config is None:
+                config = _train_config(args, _data_image_size(data, image_size))
+            identity = RunIdentity.from_data(data, source=args.data, data_options=options)
+            trainer = build_trainer(
                 data, config, run_dir, resume=args.resume, identity=identity,
                 progress=False if args.no_progress else None,
             )
+        if context.is_main:
+            atomic_write_json(run_dir / RESOLVED_CONFIG_FILE, _resolved_config(config, identity))
+        try:
+            result = trainer.fit()
         except TrainingStopped as stopped:
             if context.is_main or stopped.reason == "data error":
-                _report_stopped(stopped, f"valfusion train --data {shlex.quote(args.data)} --out {shlex.quote(args.out)} --resume")
+                resume = f"valfusion train --data {shlex.quote(args.data)} --out {shlex.quote(args.out)} --resume"
+                _report_stopped(stopped, resume, args.debug)
             return _stopped_status(stopped)
         if context.is_main and result.metrics is not None:
             _print_metrics(result.metrics, f"{config.composer} after {result.step} steps on {data.name}")
-            print(f"run directory: {run_dir}  (model, train_config.json, metrics.json, history.json, checkpoints/)")
+            print(
+                f"run directory: {run_dir}  (model, train_config.json, {RESOLVED_CONFIG_FILE}, metrics.json, "
+                "history.json, checkpoints/)"
+            )
     finally:
         context.close()
     return 0
@@ -463,10 +761,11 @@ def _evaluation_file(spec: str, options: dict[str, Any]) -> str:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from valfusion.engine import atomic_write_json, evaluate
 
-    model = _load_model(args.run_dir, args.device)
-    image_size = args.image_size or model.config.image_size
-    options = _source_options(args.data, args, image_size)
-    data = _load_data(args.data, args, ("test",), image_size)
+    with _reading_input():
+        model = _load_model(args.run_dir, args.device)
+        image_size = args.image_size or model.config.image_size
+        options = _source_options(args.data, args, image_size)
+        data = _load_data(args.data, args, ("test",), image_size)
     metrics = evaluate(model, data, batch_size=args.batch_size, num_workers=args.num_workers)
     metrics["composer"] = model.config.composer
     metrics["source"] = args.data
@@ -488,15 +787,13 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     _check_text(args.text)
     picture = Path(args.picture) if args.picture else Path(args.run_dir) / "search.png"
-    try:
+    with _reading_input():
         check_picture_path(picture, "--picture")
-    except ValueError as error:
-        raise UsageError(_one_line(error)) from error
-    model = _load_model(args.run_dir, args.device)
+        model = _load_model(args.run_dir, args.device)
+        image_size = args.image_size or model.config.image_size
+        query = load_image(args.image, image_size)
+        data = _load_data(args.gallery, args, ("test",), image_size)
     device = next(model.parameters()).device
-    image_size = args.image_size or model.config.image_size
-    query = load_image(args.image, image_size)
-    data = _load_data(args.gallery, args, ("test",), image_size)
     splits = list(data.evaluation.values())
     ids: list[str] = []
     images_of: dict[str, Any] = {}
@@ -520,9 +817,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
         if args.exclude not in images_of:
             raise UsageError(f"--exclude: {args.exclude!r} is not in the gallery of {data.name}")
         exclude = ids.index(args.exclude)
-    result = model.search(
-        query.to(device), args.text, embeddings, k=args.k, exclude=exclude, return_attention=True
-    )
+    with _reading_input():  # the model's checks of the query (its image, its text)
+        result = model.search(
+            query.to(device), args.text, embeddings, k=args.k, exclude=exclude, return_attention=True
+        )
     print(f"query: {args.image}  +  {args.text!r}   ({model.config.composer}, gallery {len(ids)} images from {data.name})")
     for rank, (index, score) in enumerate(zip(result.indices.tolist(), result.scores.tolist()), start=1):
         print(f"{rank:3d}  {score:.4f}  {ids[index]}")
@@ -581,17 +879,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parser
 
 
-def _add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device", default=None,
-        help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' (default: auto)",
-    )
-
-
-def _add_threads(parser: argparse.ArgumentParser, default: int | None = None, why: str = "") -> None:
+def _add_threads(parser: Any, default: int | None = None, why: str = "") -> None:
     shown = "PyTorch's choice" if default is None else str(default)
     parser.add_argument(
-        "--threads", type=_positive_int, default=default,
+        "--threads", type=_POSITIVE_INT, default=default,
         help="CPU threads per process for PyTorch's kernels; 1 is much faster on a machine whose "
         f"cores are busy with other work (default: {shown}{why})",
     )
@@ -604,101 +895,71 @@ def _set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The ``valfusion`` argument parser (one sub-parser per command)."""
-    composers = _composers()
-    parser = _Parser(
-        prog="valfusion",
-        description="Composed image retrieval (image search with text feedback) with VAL and its baselines.",
-        formatter_class=_Formatter,
-    )
-    parser.add_argument("--version", action="version", version=f"valfusion {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+def _demo_options(demo: argparse.ArgumentParser) -> None:
+    from valfusion.engine.demo import DEMO_COMPOSERS, DemoSettings
+    from valfusion.layers import COMPOSERS
 
-    demo = commands.add_parser(
-        "demo", help="train VAL and every baseline on the built-in benchmark and compare them",
-        formatter_class=_Formatter,
-        description="The main job: the synthetic benchmark (no download), VAL and the baselines trained "
-        "with the same budget, one Recall@K table (overall, per edit kind, and for edits that name a grid "
-        "cell), results.json, and pictures (learning curves, attention maps, top results).",
-    )
     demo.add_argument("--quick", action="store_true", help="a smoke run of the whole pipeline in about a minute (numbers not meaningful)")
-    demo.add_argument("--out", default="valfusion-demo", help="folder for results.json, the pictures and one run folder per composer (default: valfusion-demo)")
-    demo.add_argument("--steps", type=_positive_int, default=None, help="training steps per composer (default: 500; 30 with --quick)")
+    demo.add_argument("--out", default="valfusion-demo", help="folder for results.json, the pictures and one run folder per composer (default: %(default)s)")
+    demo.add_argument("--steps", type=_POSITIVE_INT, default=None, help=f"training steps per composer (default: {DemoSettings().steps}; {DemoSettings.quick().steps} with --quick)")
     demo.add_argument(
-        "--composers", nargs="+", choices=composers, default=None, metavar="NAME",
-        help=f"composers to compare, from {', '.join(composers)} (default: val tirg tirg_pooled concat image_only text_only)",
+        "--composers", nargs="+", choices=COMPOSERS, default=None, metavar="NAME",
+        help=f"composers to compare, from {', '.join(COMPOSERS)} (default: {' '.join(DEMO_COMPOSERS)})",
     )
-    demo.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of every run (default: 0)")
+    demo.add_argument("--seed", type=_INTEGER, default=0, help="seed of the benchmark and of every run (default: %(default)s)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     _add_threads(demo, 1, ": the demo's small models gain little from more")
     demo.set_defaults(func=_cmd_demo)
 
-    train = commands.add_parser(
-        "train", help="train a model on a data source", formatter_class=_Formatter,
-        description="Train one composer on SOURCE and write RUN_DIR: the model (config.json, model.pt, "
-        "vocabulary.json), train_config.json, checkpoints/, history.json and metrics.json. Runs the same "
-        "under `torchrun --nproc_per_node=N -m valfusion train ...` (DistributedDataParallel).\n\n"
-        "SOURCE: synthetic | DIR (generic folder) | folder:DIR | fashioniq:DIR[:dress|shirt|toptee|all] "
-        "| shoes:DIR | fashion200k:DIR",
+
+def _add_settings(group: Any, settings: Sequence[_Setting]) -> Any:
+    for setting in settings:
+        group.add_argument(
+            f"--{setting.flag}", type=setting.type, choices=setting.choices, default=None, help=_setting_help(setting)
+        )
+    return group
+
+
+def _train_options(train: argparse.ArgumentParser) -> None:
+    train.add_argument(
+        "--config", action=_ConfigFile, metavar="FILE",
+        help="read options from a TOML or JSON file whose keys are the long options below without "
+        "their dashes (e.g. steps = 500, batch_size or batch-size = 16); options given on the command "
+        f"line win; RUN_DIR/{RESOLVED_CONFIG_FILE} of a run trains it again",
     )
-    train.add_argument("--data", required=True, metavar="SOURCE", help="the data source (see above)")
+    train.add_argument("--data", default=None, metavar="SOURCE", help="the data source (see above; required here or in --config)")
     train.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory to write")
     train.add_argument(
         "--resume", action="store_true",
         help="continue the run in RUN_DIR from its newest intact checkpoint with its saved configuration, "
         "data options, image size and thread count; a given option that differs is refused",
     )
-    optim = train.add_argument_group("training (defaults: valfusion.engine.TrainConfig)")
-    optim.add_argument("--composer", choices=composers, default=None, help="composition layer (default: val)")
-    optim.add_argument("--steps", type=_positive_int, default=None, help="optimiser steps (default: 2000)")
-    optim.add_argument("--batch-size", type=_positive_int, default=None, help="triplets per step per process (default: 32)")
-    optim.add_argument("--lr", type=_positive_float, default=None, help="peak AdamW learning rate (default: 1e-3)")
-    optim.add_argument("--weight-decay", type=_non_negative_float, default=None, help="AdamW weight decay on weight matrices (default: 1e-4)")
-    optim.add_argument("--warmup-steps", type=_non_negative_int, default=None, help="linear warm-up steps before the cosine decay (default: 100)")
-    optim.add_argument("--grad-clip", type=_non_negative_float, default=None, help="max global gradient norm, 0 disables (default: 1.0)")
-    optim.add_argument("--amp", choices=("off", "bf16", "fp16"), default=None, help="mixed precision: bf16 (CPU or CUDA) or fp16 (CUDA) (default: off)")
-    optim.add_argument("--seed", type=int, default=None, help="seed of the initialisation, data order and dropout (default: 0)")
-    optim.add_argument("--eval-every", type=_non_negative_int, default=None, help="evaluate every N steps, 0 = only at the end (default: 0)")
-    optim.add_argument("--checkpoint-every", type=_non_negative_int, default=None, help="checkpoint every N steps, 0 = only at the end and when stopped (default: 0)")
-    optim.add_argument("--keep-checkpoints", type=_non_negative_int, default=None, help="keep the N newest checkpoints, 0 = keep all (default: 3)")
-    optim.add_argument("--log-every", type=_positive_int, default=None, help="record loss and throughput every N steps (default: 10)")
-    optim.add_argument("--num-workers", type=_non_negative_int, default=None, help="DataLoader worker processes (default: 0)")
-    optim.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
-    _add_threads(optim)
-    _add_device(optim)
-    model = train.add_argument_group("model (defaults: valfusion.models.VALConfig)")
-    model.add_argument("--backbone", choices=("small", "resnet18", "resnet34", "resnet50", "resnet101"), default=None, help="image feature pyramid; ResNets need the 'vision' extra and start untrained (default: small)")
-    model.add_argument("--channels", type=_channels, default=None, help="level channels of the small backbone, e.g. 32,64,128 (default: 32,64,128)")
-    model.add_argument("--word-dim", type=_positive_int, default=None, help="word embedding size (default: 300)")
-    model.add_argument("--text-hidden-dim", type=_positive_int, default=None, help="LSTM hidden size (default: 1024)")
-    model.add_argument("--text-dim", type=_positive_int, default=None, help="text feature size fed to the composers (default: 512)")
-    model.add_argument("--loss", choices=("softmax", "triplet"), default=None, help="matching loss: batch softmax (paper) or triplet (release) (default: softmax)")
-    model.add_argument("--temperature", type=_positive_float, default=None, help="softmax temperature (default: 0.1)")
-    model.add_argument("--semantic-dim", type=_positive_int, default=None, help="train the visual-semantic term on the targets' side information in a space of this size (default: off)")
+    settings = _train_settings()
+    training = _add_settings(train.add_argument_group("training (defaults: valfusion.engine.TrainConfig)"), settings["training"])
+    training.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
+    _add_threads(training)
+    _add_settings(train.add_argument_group("model (defaults: valfusion.models.VALConfig)"), settings["model"])
     _add_data_options(train)
     train.set_defaults(func=_cmd_train)
 
-    evaluate = commands.add_parser(
-        "evaluate", help="Recall@K of a trained model on a data source", formatter_class=_Formatter,
-        description="Evaluate the model in RUN_DIR on the evaluation split(s) of SOURCE, print the table "
-        "and write RUN_DIR/evaluations/<source>-<hash>.json (recall@1/10/50 as fractions, protocol, "
-        "num_queries, gallery_size, gallery_hash, dropped counts, the source and its options): one file "
-        "per data source and options, so the training result RUN_DIR/metrics.json is never replaced.",
-    )
+
+def _add_inference_options(parser: argparse.ArgumentParser, *, workers: bool) -> None:
+    """How evaluate and search embed images: --batch-size, --num-workers, --device."""
+    parser.add_argument("--batch-size", type=_POSITIVE_INT, default=256, help="images per forward pass (default: %(default)s)")
+    if workers:
+        parser.add_argument("--num-workers", type=_NON_NEGATIVE_INT, default=0, help="DataLoader worker processes (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help=f"{_DEVICE_HELP} (default: %(default)s)")
+
+
+def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `valfusion train` (or demo)")
     evaluate.add_argument("--data", required=True, metavar="SOURCE", help="the data source (as for train)")
-    evaluate.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass (default: 256)")
-    evaluate.add_argument("--num-workers", type=_non_negative_int, default=0, help="DataLoader worker processes (default: 0)")
-    _add_device(evaluate)
+    _add_inference_options(evaluate, workers=True)
     _add_data_options(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
-    search = commands.add_parser(
-        "search", help="one query: top results for an image and a text", formatter_class=_Formatter,
-        description="Rank the gallery of SOURCE for one reference image and modification text, print the "
-        "top results and draw them with the query's joint-attention map.",
-    )
+
+def _search_options(search: argparse.ArgumentParser) -> None:
     search.add_argument("run_dir", metavar="RUN_DIR", help="a run directory with a trained model")
     search.add_argument("--image", required=True, metavar="PATH", help="the reference image file")
     search.add_argument("--text", required=True, help="the modification text, e.g. 'make the top left object red'")
@@ -708,24 +969,95 @@ def build_parser() -> argparse.ArgumentParser:
         help="a gallery image id to leave out of the ranking, e.g. the query image itself when the "
         "gallery holds it (as evaluation does)",
     )
-    search.add_argument("-k", type=_positive_int, default=10, help="how many results (default: 10)")
+    search.add_argument("-k", type=_POSITIVE_INT, default=10, help="how many results (default: %(default)s)")
     search.add_argument("--picture", default=None, metavar="PNG", help="where to draw the results (default: RUN_DIR/search.png)")
-    search.add_argument("--batch-size", type=_positive_int, default=256, help="images per forward pass (default: 256)")
-    _add_device(search)
+    _add_inference_options(search, workers=False)
     _add_data_options(search)
     search.set_defaults(func=_cmd_search)
 
-    bench = commands.add_parser(
-        "bench", help="run the benchmarks (source checkout only)", formatter_class=_Formatter,
-        description="Forward every argument to `python -m benchmarks` in the source checkout.",
-    )
+
+def _bench_options(bench: argparse.ArgumentParser) -> None:
     bench.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for `python -m benchmarks`")
     bench.set_defaults(func=_cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``valfusion`` argument parser (one sub-parser per command, each adding its
+    options when it is first used)."""
+    parser = _Parser(
+        prog="valfusion",
+        description="Composed image retrieval (image search with text feedback) with VAL and its baselines.",
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"valfusion {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true",
+        help="print the traceback of a user error too (otherwise one line); give it before COMMAND",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.add_parser(
+        "demo", help="train VAL and every baseline on the built-in benchmark and compare them",
+        formatter_class=_Formatter, add_arguments=_demo_options,
+        description="The main job: the synthetic benchmark (no download), VAL and the baselines trained "
+        "with the same budget, one Recall@K table (overall, per edit kind, and for edits that name a grid "
+        "cell), results.json, and pictures (learning curves, attention maps, top results).",
+    )
+    commands.add_parser(
+        "train", help="train a model on a data source", formatter_class=_Formatter, add_arguments=_train_options,
+        description="Train one composer on SOURCE and write RUN_DIR: the model (config.json, model.pt, "
+        f"vocabulary.json), train_config.json, {RESOLVED_CONFIG_FILE}, checkpoints/, history.json and "
+        "metrics.json. Runs the same under `torchrun --nproc_per_node=N -m valfusion train ...` "
+        "(DistributedDataParallel).\n\n"
+        "SOURCE: synthetic | DIR (generic folder) | folder:DIR | fashioniq:DIR[:dress|shirt|toptee|all] "
+        "| shoes:DIR | fashion200k:DIR",
+    )
+    commands.add_parser(
+        "evaluate", help="Recall@K of a trained model on a data source", formatter_class=_Formatter,
+        add_arguments=_evaluate_options,
+        description="Evaluate the model in RUN_DIR on the evaluation split(s) of SOURCE, print the table "
+        "and write RUN_DIR/evaluations/<source>-<hash>.json (recall@1/10/50 as fractions, protocol, "
+        "num_queries, gallery_size, gallery_hash, dropped counts, the source and its options): one file "
+        "per data source and options, so the training result RUN_DIR/metrics.json is never replaced.",
+    )
+    commands.add_parser(
+        "search", help="one query: top results for an image and a text", formatter_class=_Formatter,
+        add_arguments=_search_options,
+        description="Rank the gallery of SOURCE for one reference image and modification text, print the "
+        "top results and draw them with the query's joint-attention map.",
+    )
+    commands.add_parser(
+        "bench", help="run the benchmarks (source checkout only)", formatter_class=_Formatter,
+        add_arguments=_bench_options,
+        description="Forward every argument to `python -m benchmarks` in the source checkout.",
+    )
     return parser
+
+
+# ---------------------------------------------------------------------------- errors
 
 
 def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split()) or type(error).__name__
+
+
+@contextlib.contextmanager
+def _reading_input() -> Iterator[None]:
+    """Where a command reads what it was given (options, data, model files, a run's set-up,
+    a query): the library's checks there raise ``ValueError`` (a ``DataError`` names its
+    file and line), ``FileNotFoundError``, or ``ImportError`` for a missing extra, and
+    each is the user's to fix. Raised outside, a ``ValueError`` is a bug."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        raise UsageError(_one_line(error)) from error
+
+
+def _is_user_error(error: BaseException) -> bool:
+    if isinstance(error, UsageError):
+        return True
+    from valfusion.data.errors import DataError
+
+    return isinstance(error, DataError)
 
 
 def _run_command(args: argparse.Namespace, prog: str) -> int:
@@ -743,21 +1075,24 @@ def _run_command(args: argparse.Namespace, prog: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``valfusion`` command.
 
+    A user mistake (a bad option, config file, path or data; a ``--resume`` that would
+    change the run) is one line on stderr, with its traceback under ``valfusion --debug``;
+    any other exception is a bug and prints its traceback.
+
     Args:
         argv: The arguments (default ``sys.argv[1:]``).
 
     Returns:
         The exit status: 0 on success; 1 when training stopped on a non-finite loss or a
-        data error after saving its state; 2 for a user mistake; 130 (SIGINT) or 143
-        (SIGTERM) when stopped by a signal (training saves its state first).
+        data error after saving its state, or on an internal error; 2 for a user mistake;
+        130 (SIGINT) or 143 (SIGTERM) when stopped by a signal (training saves its state
+        first).
     """
-    from valfusion.data.errors import DataError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     if len(argv) > 1 and argv[0] == "bench" and argv[1] not in ("-h", "--help"):
         # Everything after `bench` belongs to `python -m benchmarks`, options included.
-        args = argparse.Namespace(command="bench", func=_cmd_bench, bench_args=argv[1:])
+        args = argparse.Namespace(command="bench", func=_cmd_bench, bench_args=argv[1:], debug=False)
     else:
         args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
@@ -767,14 +1102,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _set_threads(args)
         return _run_command(args, prog)
-    except (UsageError, DataError, FileNotFoundError, ImportError, ValueError) as error:
-        # DataError names file:line; library entry points raise ValueError naming the
-        # argument and the value received: both are the user's to fix, not a traceback.
-        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:
+        if not _is_user_error(error):
+            traceback.print_exc()
+            print(f"{prog}: internal error (a bug, not a mistake in the command): see the traceback above", file=sys.stderr)
+            return EXIT_FAILED
+        if args.debug:
+            traceback.print_exception(type(error), error, error.__traceback__)
+        print(f"{prog}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -41,6 +41,7 @@ from valfusion.engine.trainer import (
     Trainer,
     TrainResult,
     build_model,
+    build_trainer,
     build_vocabulary,
     train,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_torch",
     "build_model",
+    "build_trainer",
     "build_vocabulary",
     "embed_images",
     "embed_split",

@@ -67,6 +67,7 @@ __all__ = [
     "TrainResult",
     "Trainer",
     "build_model",
+    "build_trainer",
     "build_vocabulary",
     "train",
 ]
@@ -690,41 +691,42 @@ def _config_differences(saved: TrainConfig, given: TrainConfig) -> list[str]:
     return [f"{k}: saved {a[k]!r}, given {b[k]!r}" for k in a if a[k] != b[k]]
 
 
-def train(
+def build_trainer(
     data: RetrievalData,
     config: TrainConfig,
     run_dir: str | os.PathLike[str] | None = None,
     *,
     resume: bool = False,
-    until: int | None = None,
     progress: bool | None = None,
     identity: RunIdentity | None = None,
-) -> TrainResult:
-    """Build a model for ``data`` and train it: the whole ``valfusion train`` job.
+) -> Trainer:
+    """Build the model and the :class:`Trainer` of a run, checked and ready to :meth:`~Trainer.fit`.
+
+    Everything :func:`train` does before the first step: every check of the
+    configuration, the data and (with ``resume=True``) the checkpoint happens here, so a
+    caller can tell a refused run from a failure during training.
 
     Args:
         data: Training and evaluation splits.
         config: The run's configuration.
         run_dir: The run directory (see the module docstring), or ``None``.
-        resume: Continue from the newest intact checkpoint in ``run_dir/checkpoints``
-            (damaged newer files are skipped, each named on stderr). Its model
-            configuration and vocabulary are used; the training configuration and the
-            run identity must match it.
-        until: Stop after this step (a checkpoint is written; resume later).
+        resume: Load the newest intact checkpoint in ``run_dir/checkpoints`` (damaged
+            newer files are skipped, each named on stderr): its model configuration and
+            vocabulary are used; the training configuration and the run identity must
+            match it.
         progress: As for :class:`Trainer`.
         identity: What the run trains on, as for :class:`Trainer`; pass
             ``RunIdentity.from_data(data, source=..., data_options=...)`` to record (and
             check on resume) the source and its loader options too.
 
     Returns:
-        A :class:`TrainResult`.
+        The trainer, at step 0 or at the checkpoint's step.
 
     Raises:
         FileNotFoundError: ``resume=True`` but ``run_dir`` holds no checkpoint.
-        ValueError: ``resume=True`` and no checkpoint loads, or the checkpoint's run had
-            other settings or data (every difference is named).
-        TrainingStopped: Stopped by a signal, a non-finite loss or a data error, after
-            saving its state (see :meth:`Trainer.fit`).
+        ValueError: The data cannot train this configuration (see :class:`Trainer`), or
+            ``resume=True`` and no checkpoint loads, or the checkpoint's run had other
+            settings or data (every difference is named).
     """
     identity = identity if identity is not None else RunIdentity.from_data(data)
     state = None
@@ -744,6 +746,46 @@ def train(
     trainer = Trainer(model, data, config, run_dir, progress=progress, identity=identity)
     if state is not None:
         trainer.load_state_dict(state)
+    return trainer
+
+
+def train(
+    data: RetrievalData,
+    config: TrainConfig,
+    run_dir: str | os.PathLike[str] | None = None,
+    *,
+    resume: bool = False,
+    until: int | None = None,
+    progress: bool | None = None,
+    identity: RunIdentity | None = None,
+) -> TrainResult:
+    """Build a model for ``data`` and train it: the whole ``valfusion train`` job.
+
+    The same as ``build_trainer(data, config, run_dir, ...).fit(until=until)``.
+
+    Args:
+        data: Training and evaluation splits.
+        config: The run's configuration.
+        run_dir: The run directory (see the module docstring), or ``None``.
+        resume: Continue from the newest intact checkpoint in ``run_dir/checkpoints``
+            (see :func:`build_trainer`).
+        until: Stop after this step (a checkpoint is written; resume later).
+        progress: As for :class:`Trainer`.
+        identity: What the run trains on, as for :func:`build_trainer`.
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        FileNotFoundError: ``resume=True`` but ``run_dir`` holds no checkpoint.
+        ValueError: ``resume=True`` and no checkpoint loads, or the checkpoint's run had
+            other settings or data (every difference is named).
+        TrainingStopped: Stopped by a signal, a non-finite loss or a data error, after
+            saving its state (see :meth:`Trainer.fit`).
+    """
+    trainer = build_trainer(
+        data, config, run_dir, resume=resume, progress=progress, identity=identity
+    )
     return trainer.fit(until=until)
 
 

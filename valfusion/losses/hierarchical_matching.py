@@ -17,6 +17,9 @@ from valfusion.losses.triplet import BidirectionalTripletLoss
 __all__ = ["HierarchicalMatchingLoss", "HierarchicalMatchingOutput"]
 
 FORMS = ("softmax", "triplet")
+"""The forms of the matching term: batch classification (``"softmax"``, the paper) or the
+bidirectional semi-hard triplet loss (``"triplet"``, the release); ``VALConfig.loss`` and
+``valfusion train --loss`` take these names."""
 
 
 @dataclass

@@ -47,6 +47,7 @@ from valfusion.encoders import (
 )
 from valfusion.layers import COMPOSERS, CompositeAttention, MultiLevelComposer
 from valfusion.losses import HierarchicalMatchingLoss, HierarchicalMatchingOutput
+from valfusion.losses.hierarchical_matching import FORMS as _LOSS_FORMS
 from valfusion.metrics._checks import check_finite
 from valfusion.metrics.ranking import chunk_scores, mask_excluded, prepare_gallery, topk_by_rule
 
@@ -64,7 +65,6 @@ WEIGHTS_FILE = "model.pt"
 VOCABULARY_FILE = "vocabulary.json"
 
 _RESNET_STAGES = (2, 3, 4)
-_LOSS_FORMS = ("softmax", "triplet")
 
 
 @dataclass
