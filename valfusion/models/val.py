@@ -29,11 +29,11 @@ from valfusion._io import atomic_write
 from valfusion._tensor_files import load_tensor_file
 from valfusion._validation import (
     check_floating,
-    check_int_tensor,
     check_ndim,
     check_positive_int,
     check_same_batch,
     check_size,
+    check_tokens,
     fmt_shape,
 )
 from valfusion.encoders import (
@@ -491,27 +491,7 @@ class VAL(nn.Module):
 
         ``inference=True``: the caller runs in eval mode, so one text is fine.
         """
-        tokens = check_ndim(check_int_tensor(tokens, tokens_name), tokens_name, 2, "(B, T)")
-        lengths = check_ndim(check_int_tensor(lengths, lengths_name), lengths_name, 1, "(B,)")
-        check_same_batch(tokens, tokens_name, lengths, lengths_name)
-        steps = tokens.shape[1]
-        if tokens.shape[0] == 0 or steps == 0:
-            raise ValueError(
-                f"{tokens_name}: expected at least one row and one step (B, T), got shape "
-                f"{fmt_shape(tokens)}"
-            )
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= self.config.vocab_size:
-            raise ValueError(
-                f"{tokens_name}: expected ids in [0, vocab_size={self.config.vocab_size}), got "
-                f"values in [{low}, {high}] in shape {fmt_shape(tokens)}"
-            )
-        low, high = int(lengths.min()), int(lengths.max())
-        if low < 1 or high > steps:
-            raise ValueError(
-                f"{lengths_name}: expected values in [1, T={steps}] for {tokens_name} of shape "
-                f"{fmt_shape(tokens)}, got values in [{low}, {high}]"
-            )
+        tokens, _ = check_tokens(tokens, lengths, self.config.vocab_size, tokens_name, lengths_name)
         if not inference and self.text_encoder.training and tokens.shape[0] == 1:
             raise ValueError(
                 f"{tokens_name}: batch size 1 in training mode, but the text encoder's batch "
