@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "check_choice",
     "check_dtype",
     "check_floating",
     "check_int_tensor",
@@ -107,6 +108,12 @@ def check_same_batch(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
             f"{b_name}: batch size {b.shape[0]} (shape {fmt_shape(b)}) does not match "
             f"{a_name} batch size {a.shape[0]} (shape {fmt_shape(a)})"
         )
+
+
+def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
+    """Require ``value`` to be one of ``choices`` (a mode, a registered name)."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
 
 
 def check_positive_int(value: object, name: str) -> int:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from valfusion._validation import check_positive_int, check_tokens
+from valfusion._validation import check_choice, check_positive_int, check_tokens
 
 __all__ = ["LSTMTextEncoder"]
 
@@ -90,8 +90,7 @@ class LSTMTextEncoder(nn.Module):
             raise ValueError(
                 f"padding_idx: expected an int in [0, vocab_size={vocab_size}), got {padding_idx!r}"
             )
-        if norm not in _NORMS:
-            raise ValueError(f"norm: expected one of {_NORMS}, got {norm!r}")
+        check_choice(norm, "norm", _NORMS)
         self.vocab_size = vocab_size
         self.out_dim = out_dim
         self.embedding = nn.Embedding(vocab_size, word_dim, padding_idx=padding_idx)

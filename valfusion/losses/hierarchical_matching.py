@@ -8,7 +8,12 @@ from typing import Literal
 
 from torch import Tensor, nn
 
-from valfusion._validation import check_non_negative_number, check_same_batch, fmt_shape
+from valfusion._validation import (
+    check_choice,
+    check_non_negative_number,
+    check_same_batch,
+    fmt_shape,
+)
 from valfusion.losses._pairs import check_pair
 from valfusion.losses.batch_classification import BatchClassificationLoss
 from valfusion.losses.triplet import BidirectionalTripletLoss
@@ -101,8 +106,7 @@ class HierarchicalMatchingLoss(nn.Module):
         gather: bool = True,
     ) -> None:
         super().__init__()
-        if form not in FORMS:
-            raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
+        check_choice(form, "form", FORMS)
         if level_weights is not None:
             if isinstance(level_weights, Tensor) or len(level_weights) == 0:
                 raise ValueError(

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from valfusion._io import atomic_write
 from valfusion._tensor_files import load_tensor_file
 from valfusion._validation import (
+    check_choice,
     check_floating,
     check_ndim,
     check_positive_int,
@@ -129,12 +130,9 @@ class VALConfig:
             check_positive_int(getattr(self, name), name)
         if self.semantic_dim is not None:
             check_positive_int(self.semantic_dim, "semantic_dim")
-        if self.composer not in COMPOSERS:
-            raise ValueError(f"composer: expected one of {COMPOSERS}, got {self.composer!r}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone: expected one of {BACKBONES}, got {self.backbone!r}")
-        if self.loss not in _LOSS_FORMS:
-            raise ValueError(f"loss: expected one of {_LOSS_FORMS}, got {self.loss!r}")
+        check_choice(self.composer, "composer", COMPOSERS)
+        check_choice(self.backbone, "backbone", BACKBONES)
+        check_choice(self.loss, "loss", _LOSS_FORMS)
         self.backbone_channels = tuple(self.backbone_channels)
         if not self.backbone_channels:
             raise ValueError("backbone_channels: expected at least one level, got ()")
