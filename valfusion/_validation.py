@@ -156,7 +156,7 @@ def check_tokens(
     """Require padded token ids ``(B, T)`` in ``[0, vocab_size)`` with ``B, T >= 1`` and
     integer lengths ``(B,)`` in ``[1, T]``.
 
-    Reads the values (``min``/``max``), so a device tensor synchronises once per check.
+    Reads the values (``min``/``max``), so tensors on a device synchronise with the host.
     """
     tokens = check_ndim(check_int_tensor(tokens, tokens_name), tokens_name, 2, "(B, T)")
     lengths = check_ndim(check_int_tensor(lengths, lengths_name), lengths_name, 1, "(B,)")
