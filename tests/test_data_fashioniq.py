@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -291,3 +292,17 @@ def test_train_split_merges_categories_and_their_tags(tmp_path):
     assert len(data.train) == 2 * (4 + 3 + 1)
     assert set(data.evaluation) == set(CATEGORIES)
     assert torch.is_tensor(TripletDataset(data.train)[0].reference)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        ({"category": "shoes"}, "category: expected one of ('dress', 'shirt', 'toptee', 'all')"),
+        ({"protocol": "full"}, "protocol: expected one of ('val', 'original')"),
+        ({"caption_mode": "both"}, "caption_mode: expected one of ('separate', 'joined')"),
+    ],
+)
+def test_an_unknown_option_is_refused_naming_it_and_its_choices(tmp_path, option, message):
+    (value,) = option.values()
+    with pytest.raises(ValueError, match=f"^{re.escape(f'{message}, got {value!r}')}$"):
+        load_fashioniq(tmp_path / "absent", **option)

@@ -528,6 +528,28 @@ def test_compose_rejects_lengths_longer_than_the_sequence(eval_model):
         eval_model.compose(images(), tokens, lengths)
 
 
+def _bad_text(case: str) -> tuple[torch.Tensor, torch.Tensor]:
+    tokens, lengths = encoded()
+    if case == "no steps":
+        return tokens[:, :0], lengths
+    if case == "id out of range":
+        tokens[0, 0] = len(VOCAB)
+    else:  # "length past the end"
+        lengths[0] = tokens.shape[1] + 1
+    return tokens, lengths
+
+
+@pytest.mark.parametrize("case", ["no steps", "id out of range", "length past the end"])
+def test_model_and_its_text_encoder_word_a_bad_text_alike(eval_model, case):
+    # One token check serves both; an empty batch used to read differently in each.
+    tokens, lengths = _bad_text(case)
+    with pytest.raises(ValueError) as from_model:
+        eval_model.compose(images(), tokens, lengths)
+    with pytest.raises(ValueError) as from_encoder:
+        eval_model.text_encoder(tokens, lengths)
+    assert str(from_model.value) == str(from_encoder.value)
+
+
 def test_compose_rejects_a_batch_mismatch_between_images_and_tokens(eval_model):
     with pytest.raises(ValueError, match=r"^tokens: batch size 4 .* images batch size 3"):
         eval_model.compose(images(3), *encoded())

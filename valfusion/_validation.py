@@ -10,19 +10,25 @@ Internals trust their inputs; only public ``forward``/functions call these.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import TypeGuard
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "check_choice",
     "check_dtype",
     "check_floating",
     "check_int_tensor",
     "check_ndim",
+    "check_non_negative_number",
     "check_positive_int",
+    "check_positive_number",
     "check_same_batch",
     "check_size",
+    "check_tokens",
     "fmt_shape",
 ]
 
@@ -104,8 +110,73 @@ def check_same_batch(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
         )
 
 
+def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
+    """Require ``value`` to be one of ``choices`` (a mode, a registered name)."""
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+
+
 def check_positive_int(value: object, name: str) -> int:
     """Require a positive Python int (constructor arguments)."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return value
+
+
+def _is_finite_number(value: object) -> TypeGuard[int | float]:
+    # bool is an int subclass, but True as a margin or weight is a mistake, not 1.0.
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+    )
+
+
+def check_non_negative_number(value: object, name: str) -> float:
+    """Require a finite Python number ``>= 0`` (a margin, a loss weight); returns it as float."""
+    if not _is_finite_number(value) or value < 0:
+        raise ValueError(f"{name}: expected a non-negative finite number, got {value!r}")
+    return float(value)
+
+
+def check_positive_number(value: object, name: str) -> float:
+    """Require a finite Python number ``> 0`` (a temperature); returns it as float."""
+    if not _is_finite_number(value) or value <= 0:
+        raise ValueError(f"{name}: expected a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_tokens(
+    tokens: object,
+    lengths: object,
+    vocab_size: int,
+    tokens_name: str = "tokens",
+    lengths_name: str = "lengths",
+) -> tuple[Tensor, Tensor]:
+    """Require padded token ids ``(B, T)`` in ``[0, vocab_size)`` with ``B, T >= 1`` and
+    integer lengths ``(B,)`` in ``[1, T]``.
+
+    Reads the values (``min``/``max``), so tensors on a device synchronise with the host.
+    """
+    tokens = check_ndim(check_int_tensor(tokens, tokens_name), tokens_name, 2, "(B, T)")
+    lengths = check_ndim(check_int_tensor(lengths, lengths_name), lengths_name, 1, "(B,)")
+    check_same_batch(tokens, tokens_name, lengths, lengths_name)
+    steps = tokens.shape[1]
+    if tokens.shape[0] == 0 or steps == 0:
+        raise ValueError(
+            f"{tokens_name}: expected at least one row and one step (B, T), got shape "
+            f"{fmt_shape(tokens)}"
+        )
+    low, high = int(tokens.min()), int(tokens.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"{tokens_name}: expected ids in [0, vocab_size={vocab_size}), got "
+            f"values in [{low}, {high}] in shape {fmt_shape(tokens)}"
+        )
+    low, high = int(lengths.min()), int(lengths.max())
+    if low < 1 or high > steps:
+        raise ValueError(
+            f"{lengths_name}: expected values in [1, T={steps}] for {tokens_name} of shape "
+            f"{fmt_shape(tokens)}, got values in [{low}, {high}]"
+        )
+    return tokens, lengths

@@ -182,6 +182,19 @@ def _with_lines(path: Path, text: str, open_char: str) -> list[Record]:
     return records
 
 
+_CONTAINERS: dict[str, tuple[type, str]] = {"[": (list, "array"), "{": (dict, "object")}
+
+
+def _read_located(path: str | Path, open_char: str) -> list[Record]:
+    """The elements of a JSON array (``open_char="["``) or object (``"{"``), each with its line."""
+    path = Path(path)
+    text, data = _load_document(path)
+    container, name = _CONTAINERS[open_char]
+    if not isinstance(data, container):
+        raise DataError(f"{path}:1: expected a JSON {name}, got {type(data).__name__}")
+    return _with_lines(path, text, open_char)
+
+
 def read_json_records(path: str | Path) -> list[Record]:
     """Read a JSON document that is an array, keeping the line each element starts on.
 
@@ -194,11 +207,7 @@ def read_json_records(path: str | Path) -> list[Record]:
     Raises:
         DataError: missing file, malformed JSON (with its line) or a top level that is not an array.
     """
-    path = Path(path)
-    text, data = _load_document(path)
-    if not isinstance(data, list):
-        raise DataError(f"{path}:1: expected a JSON array, got {type(data).__name__}")
-    return _with_lines(path, text, "[")
+    return _read_located(path, "[")
 
 
 def read_json_entries(path: str | Path) -> list[Record]:
@@ -215,8 +224,4 @@ def read_json_entries(path: str | Path) -> list[Record]:
     Raises:
         DataError: missing file, malformed JSON (with its line) or a top level that is not an object.
     """
-    path = Path(path)
-    text, data = _load_document(path)
-    if not isinstance(data, dict):
-        raise DataError(f"{path}:1: expected a JSON object, got {type(data).__name__}")
-    return _with_lines(path, text, "{")
+    return _read_located(path, "{")

@@ -22,6 +22,7 @@ import random
 from collections.abc import Sequence
 from pathlib import Path
 
+from valfusion.data._loader_args import check_root_and_splits
 from valfusion.data.annotations import read_lines
 from valfusion.data.errors import DataError
 from valfusion.data.images import ImageFiles, size_record
@@ -166,13 +167,7 @@ def load_fashion200k(
         DataError: ``file:line`` of a malformed label or query line, an unknown query
             image, a missing file, an empty split or a missing, unreadable or outside image.
     """
-    if not splits or any(s not in ("train", "test") for s in splits):
-        raise ValueError(
-            f"splits: expected a non-empty subset of ('train', 'test'), got {tuple(splits)!r}"
-        )
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
+    root = check_root_and_splits(root, splits)
     images = ImageFiles(
         root if image_root is None else image_root, match="path", image_size=image_size
     )

@@ -31,6 +31,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from valfusion._validation import check_choice
+from valfusion.data._loader_args import check_root_and_splits
 from valfusion.data.annotations import read_json_entries, read_json_records
 from valfusion.data.errors import DataError
 from valfusion.data.images import ImageFiles, size_record
@@ -129,11 +131,6 @@ def _tags_path(root: Path, category: str, split: str) -> Path | None:
     return None
 
 
-def _check_choice(value: str, name: str, choices: Sequence[str]) -> None:
-    if value not in choices:
-        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
-
-
 def load_fashioniq(
     root: str | os.PathLike[str],
     category: str = "all",
@@ -180,16 +177,10 @@ def load_fashioniq(
             empty, a missing file, an empty split, a missing, unreadable or outside image
             or a target not in the gallery.
     """
-    _check_choice(category, "category", (*FASHIONIQ_CATEGORIES, "all"))
-    _check_choice(protocol, "protocol", PROTOCOLS)
-    _check_choice(caption_mode, "caption_mode", CAPTION_MODES)
-    if not splits or any(s not in ("train", "test") for s in splits):
-        raise ValueError(
-            f"splits: expected a non-empty subset of ('train', 'test'), got {tuple(splits)!r}"
-        )
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
+    check_choice(category, "category", (*FASHIONIQ_CATEGORIES, "all"))
+    check_choice(protocol, "protocol", PROTOCOLS)
+    check_choice(caption_mode, "caption_mode", CAPTION_MODES)
+    root = check_root_and_splits(root, splits)
     categories = FASHIONIQ_CATEGORIES if category == "all" else (category,)
     images = ImageFiles(
         root / "images" if image_root is None else image_root, match="stem", image_size=image_size

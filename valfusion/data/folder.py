@@ -31,6 +31,7 @@ from einops import rearrange
 from torch import Tensor
 
 from valfusion._io import atomic_write
+from valfusion.data._loader_args import check_root_and_splits
 from valfusion.data.annotations import (
     Record,
     check_caption,
@@ -45,8 +46,6 @@ from valfusion.data.triplet import Triplet
 from valfusion.data.validation import build_split
 
 __all__ = ["load_folder", "write_folder"]
-
-_SPLIT_NAMES = ("train", "test")
 
 
 def _inside_path(value: str) -> str | None:
@@ -101,7 +100,7 @@ def _side_info(path: Path) -> dict[str, str]:
 def load_folder(
     directory: str | os.PathLike[str],
     *,
-    splits: Sequence[str] = _SPLIT_NAMES,
+    splits: Sequence[str] = ("train", "test"),
     image_size: int | Sequence[int] = 224,
     check_images: bool = True,
     drop_missing_images: bool = False,
@@ -127,14 +126,7 @@ def load_folder(
             ``directory``, missing or unreadable images (all listed) or a target not in
             the gallery.
     """
-    directory = Path(directory)
-    unknown = [s for s in splits if s not in _SPLIT_NAMES]
-    if unknown or not splits:
-        raise ValueError(
-            f"splits: expected a non-empty subset of {_SPLIT_NAMES}, got {tuple(splits)!r}"
-        )
-    if not directory.is_dir():
-        raise DataError(f"{directory}: not a folder")
+    directory = check_root_and_splits(directory, splits)
     images = ImageFiles(directory, match="path", image_size=image_size)
     side_path = directory / "side_info.json"
     side_info = _side_info(side_path) if side_path.is_file() else {}

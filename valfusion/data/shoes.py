@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
+from valfusion.data._loader_args import check_root_and_splits
 from valfusion.data.annotations import check_caption, read_json_records, read_lines
 from valfusion.data.errors import DataError
 from valfusion.data.images import ImageFiles, size_record
@@ -61,13 +61,7 @@ def load_shoes(
             caption, a triplet in both or neither split, a missing file, an empty split or
             a missing, unreadable or outside image.
     """
-    if not splits or any(s not in ("train", "test") for s in splits):
-        raise ValueError(
-            f"splits: expected a non-empty subset of ('train', 'test'), got {tuple(splits)!r}"
-        )
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: not a folder")
+    root = check_root_and_splits(root, splits)
     lists = {
         "train": root / "train_im_names.txt",
         "test": root / "eval_im_names.txt",

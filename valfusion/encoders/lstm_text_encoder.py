@@ -6,13 +6,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from valfusion._validation import (
-    check_int_tensor,
-    check_ndim,
-    check_positive_int,
-    check_same_batch,
-    fmt_shape,
-)
+from valfusion._validation import check_choice, check_positive_int, check_tokens
 
 __all__ = ["LSTMTextEncoder"]
 
@@ -96,8 +90,7 @@ class LSTMTextEncoder(nn.Module):
             raise ValueError(
                 f"padding_idx: expected an int in [0, vocab_size={vocab_size}), got {padding_idx!r}"
             )
-        if norm not in _NORMS:
-            raise ValueError(f"norm: expected one of {_NORMS}, got {norm!r}")
+        check_choice(norm, "norm", _NORMS)
         self.vocab_size = vocab_size
         self.out_dim = out_dim
         self.embedding = nn.Embedding(vocab_size, word_dim, padding_idx=padding_idx)
@@ -129,27 +122,8 @@ class LSTMTextEncoder(nn.Module):
             ValueError: If ``tokens`` or ``lengths`` has the wrong rank, dtype, batch
                 size or out-of-range values.
         """
-        tokens = check_ndim(check_int_tensor(tokens, "tokens"), "tokens", 2, "(B, T)")
-        lengths = check_ndim(check_int_tensor(lengths, "lengths"), "lengths", 1, "(B,)")
-        check_same_batch(tokens, "tokens", lengths, "lengths")
+        tokens, lengths = check_tokens(tokens, lengths, self.vocab_size)
         steps = tokens.shape[1]
-        if tokens.shape[0] == 0 or steps == 0:
-            raise ValueError(
-                f"tokens: expected at least one row and one step, got shape {fmt_shape(tokens)}"
-            )
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= self.vocab_size:
-            raise ValueError(
-                f"tokens: expected ids in [0, vocab_size={self.vocab_size}), got values in "
-                f"[{low}, {high}] in shape {fmt_shape(tokens)}"
-            )
-        low, high = int(lengths.min()), int(lengths.max())
-        if low < 1 or high > steps:
-            raise ValueError(
-                f"lengths: expected values in [1, T={steps}] for tokens of shape "
-                f"{fmt_shape(tokens)}, got values in [{low}, {high}]"
-            )
-
         embedded = self.embedding(tokens)
         # Packing keeps padded steps out of the recurrence, so backward outputs of a
         # bidirectional LSTM also start at each row's own last valid step.

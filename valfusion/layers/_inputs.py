@@ -95,3 +95,18 @@ def check_image_text(
             check_dtype(image, image_name, dtype, WEIGHTS)
         check_dtype(text, text_name, image.dtype, image_name)
     return image, text
+
+
+def check_composer_inputs(
+    composer: nn.Module, image: object, text: object, *, allow_pooled: bool = False
+) -> tuple[Tensor, Tensor]:
+    """:func:`check_image_text` against a composer's ``image_channels``, ``text_channels``
+    and weight dtype (a composer without weights, such as ``ImageOnly``, checks no dtype)."""
+    return check_image_text(
+        image,
+        text,
+        composer.image_channels,
+        composer.text_channels,
+        dtype=weight_dtype(composer),
+        allow_pooled=allow_pooled,
+    )

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from valfusion._validation import check_positive_int, fmt_shape
-from valfusion.layers._inputs import check_image_text, weight_dtype
+from valfusion.layers._inputs import check_composer_inputs
 from valfusion.layers.composite_attention import CompositeAttention
 from valfusion.layers.conv_norm_act import (
     PER_SAMPLE_MIN_TOKENS,
@@ -213,13 +213,7 @@ class CompositeTransformer(nn.Module):
                 a map with ``H = 0`` or ``W = 0``, or a map size other than
                 ``feature_size``. A batch of ``B = 0`` gives an empty output.
         """
-        check_image_text(
-            image_features,
-            text_features,
-            self.image_channels,
-            self.text_channels,
-            dtype=weight_dtype(self),
-        )
+        check_composer_inputs(self, image_features, text_features)
         if self.feature_size is not None and tuple(image_features.shape[2:]) != self.feature_size:
             raise ValueError(
                 f"image_features: expected feature map size (H, W) = {self.feature_size} "

@@ -6,7 +6,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from valfusion._validation import check_positive_int
-from valfusion.layers._inputs import check_image_text, weight_dtype
+from valfusion.layers._inputs import check_composer_inputs
 from valfusion.layers.composite_attention import CompositeAttention
 from valfusion.layers.conv_norm_act import LayerFactory, PointwiseConv2d
 from valfusion.layers.text_image_fusion import TextImageFusion
@@ -71,14 +71,7 @@ class ConcatFusion(nn.Module):
             ValueError: on a wrong rank, channel count, text width, dtype or batch size, or
                 a map with ``H = 0`` or ``W = 0``.
         """
-        check_image_text(
-            image_features,
-            text_features,
-            self.image_channels,
-            self.text_channels,
-            dtype=weight_dtype(self),
-            allow_pooled=True,
-        )
+        check_composer_inputs(self, image_features, text_features, allow_pooled=True)
         pooled = image_features.dim() == 2
         x = rearrange(image_features, "b c -> b c 1 1") if pooled else image_features
         out = self.out(self.hidden(x, text_features))

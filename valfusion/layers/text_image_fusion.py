@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
 from valfusion._validation import check_positive_int
-from valfusion.layers._inputs import check_image_text, weight_dtype
+from valfusion.layers._inputs import check_composer_inputs
 from valfusion.layers.conv_norm_act import (
     ConvNormAct,
     LayerFactory,
@@ -168,13 +168,7 @@ class TextImageFusion(nn.Module):
             ValueError: on a wrong rank, channel count, text width, dtype or batch size, or
                 a map with ``H = 0`` or ``W = 0``.
         """
-        check_image_text(
-            image_features,
-            text_features,
-            self.image_channels,
-            self.text_channels,
-            dtype=weight_dtype(self),
-        )
+        check_composer_inputs(self, image_features, text_features)
         if is_channels_last(image_features):
             tokens = rearrange(image_features, "b c y x -> b (y x) c")  # a view
             return self.forward_tokens(tokens, text_features, image_features.shape[2])

@@ -6,7 +6,7 @@ from einops import repeat
 from torch import Tensor, nn
 
 from valfusion._validation import check_positive_int
-from valfusion.layers._inputs import check_image_text, weight_dtype
+from valfusion.layers._inputs import check_composer_inputs
 from valfusion.layers.composite_attention import CompositeAttention
 
 __all__ = ["ImageOnly", "TextOnly"]
@@ -45,13 +45,7 @@ class ImageOnly(nn.Module):
             ValueError: on a wrong rank, channel count, text width, dtype or batch size, or
                 a map with ``H = 0`` or ``W = 0``.
         """
-        check_image_text(
-            image_features,
-            text_features,
-            self.image_channels,
-            self.text_channels,
-            allow_pooled=True,
-        )
+        check_composer_inputs(self, image_features, text_features, allow_pooled=True)
         return (image_features, None) if return_attention else image_features
 
 
@@ -90,14 +84,7 @@ class TextOnly(nn.Module):
             ValueError: on a wrong rank, channel count, text width, dtype or batch size, or
                 a map with ``H = 0`` or ``W = 0``.
         """
-        check_image_text(
-            image_features,
-            text_features,
-            self.image_channels,
-            self.text_channels,
-            dtype=weight_dtype(self),
-            allow_pooled=True,
-        )
+        check_composer_inputs(self, image_features, text_features, allow_pooled=True)
         out = self.proj(text_features)
         if image_features.dim() == 4:
             height, width = image_features.shape[2:]

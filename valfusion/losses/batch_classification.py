@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from valfusion._validation import fmt_shape
+from valfusion._validation import check_positive_number, fmt_shape
 from valfusion.losses._pairs import check_has_negatives, check_pair, compute_dtype, normalize
 from valfusion.losses.distributed import gather_candidates
 
@@ -26,13 +26,7 @@ def _check_temperature(temperature: object, name: str = "temperature") -> None:
                 f"{name}: expected a scalar tensor, got shape {fmt_shape(temperature)}"
             )
         return
-    if (
-        isinstance(temperature, bool)
-        or not isinstance(temperature, (int, float))
-        or not math.isfinite(temperature)
-        or temperature <= 0
-    ):
-        raise ValueError(f"{name}: expected a positive finite number, got {temperature!r}")
+    check_positive_number(temperature, name)
 
 
 def batch_classification_loss(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from torch import Tensor, nn
 
-from valfusion._validation import check_same_batch, fmt_shape
+from valfusion._validation import (
+    check_choice,
+    check_non_negative_number,
+    check_same_batch,
+    fmt_shape,
+)
 from valfusion.losses._pairs import check_pair
 from valfusion.losses.batch_classification import BatchClassificationLoss
 from valfusion.losses.triplet import BidirectionalTripletLoss
@@ -37,17 +41,6 @@ class HierarchicalMatchingOutput:
     total: Tensor
     levels: tuple[Tensor, ...]
     semantic: Tensor | None
-
-
-def _check_weight(value: object, name: str) -> float:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not math.isfinite(value)
-        or value < 0
-    ):
-        raise ValueError(f"{name}: expected a non-negative finite number, got {value!r}")
-    return float(value)
 
 
 def _check_levels(levels: object, name: str) -> tuple[Tensor, ...]:
@@ -116,8 +109,7 @@ class HierarchicalMatchingLoss(nn.Module):
         gather: bool = True,
     ) -> None:
         super().__init__()
-        if form not in FORMS:
-            raise ValueError(f"form: expected one of {FORMS}, got {form!r}")
+        check_choice(form, "form", FORMS)
         if level_weights is not None:
             if isinstance(level_weights, Tensor) or len(level_weights) == 0:
                 raise ValueError(
@@ -125,11 +117,12 @@ class HierarchicalMatchingLoss(nn.Module):
                     f"got {level_weights!r}"
                 )
             level_weights = tuple(
-                _check_weight(w, f"level_weights[{i}]") for i, w in enumerate(level_weights)
+                check_non_negative_number(w, f"level_weights[{i}]")
+                for i, w in enumerate(level_weights)
             )
         self.form = form
         self.level_weights: tuple[float, ...] | None = level_weights
-        self.semantic_weight = _check_weight(semantic_weight, "semantic_weight")
+        self.semantic_weight = check_non_negative_number(semantic_weight, "semantic_weight")
         self.pairwise: nn.Module
         if form == "softmax":
             self.pairwise = BatchClassificationLoss(

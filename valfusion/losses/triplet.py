@@ -12,20 +12,11 @@ import math
 import torch
 from torch import Tensor, nn
 
+from valfusion._validation import check_non_negative_number
 from valfusion.losses._pairs import check_has_negatives, check_pair, compute_dtype, normalize
 from valfusion.losses.distributed import gather_candidates
 
 __all__ = ["BidirectionalTripletLoss", "bidirectional_triplet_loss"]
-
-
-def _check_margin(margin: object) -> None:
-    if (
-        isinstance(margin, bool)
-        or not isinstance(margin, (int, float))
-        or not math.isfinite(margin)
-        or margin < 0
-    ):
-        raise ValueError(f"margin: expected a non-negative finite number, got {margin!r}")
 
 
 def _squared_distances(x: Tensor, y: Tensor) -> Tensor:
@@ -105,7 +96,7 @@ def bidirectional_triplet_loss(
             the (global) batch holds a single pair (no negatives), or if ``margin < 0``.
     """
     a, b = check_pair(a, "a", b, "b")
-    _check_margin(margin)
+    check_non_negative_number(margin, "margin")
     dtype = compute_dtype(a, b)
     a, b = normalize(a, dtype), normalize(b, dtype)
     candidates = gather_candidates(a, b, gather=gather)
@@ -139,8 +130,7 @@ class BidirectionalTripletLoss(nn.Module):
 
     def __init__(self, margin: float = 0.2, semi_hard: bool = True, gather: bool = True) -> None:
         super().__init__()
-        _check_margin(margin)
-        self.margin = float(margin)
+        self.margin = check_non_negative_number(margin, "margin")
         self.semi_hard = semi_hard
         self.gather = gather
 

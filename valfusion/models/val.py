@@ -28,12 +28,13 @@ from torch import Tensor, nn
 from valfusion._io import atomic_write
 from valfusion._tensor_files import load_tensor_file
 from valfusion._validation import (
+    check_choice,
     check_floating,
-    check_int_tensor,
     check_ndim,
     check_positive_int,
     check_same_batch,
     check_size,
+    check_tokens,
     fmt_shape,
 )
 from valfusion.encoders import (
@@ -129,12 +130,9 @@ class VALConfig:
             check_positive_int(getattr(self, name), name)
         if self.semantic_dim is not None:
             check_positive_int(self.semantic_dim, "semantic_dim")
-        if self.composer not in COMPOSERS:
-            raise ValueError(f"composer: expected one of {COMPOSERS}, got {self.composer!r}")
-        if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone: expected one of {BACKBONES}, got {self.backbone!r}")
-        if self.loss not in _LOSS_FORMS:
-            raise ValueError(f"loss: expected one of {_LOSS_FORMS}, got {self.loss!r}")
+        check_choice(self.composer, "composer", COMPOSERS)
+        check_choice(self.backbone, "backbone", BACKBONES)
+        check_choice(self.loss, "loss", _LOSS_FORMS)
         self.backbone_channels = tuple(self.backbone_channels)
         if not self.backbone_channels:
             raise ValueError("backbone_channels: expected at least one level, got ()")
@@ -491,27 +489,7 @@ class VAL(nn.Module):
 
         ``inference=True``: the caller runs in eval mode, so one text is fine.
         """
-        tokens = check_ndim(check_int_tensor(tokens, tokens_name), tokens_name, 2, "(B, T)")
-        lengths = check_ndim(check_int_tensor(lengths, lengths_name), lengths_name, 1, "(B,)")
-        check_same_batch(tokens, tokens_name, lengths, lengths_name)
-        steps = tokens.shape[1]
-        if tokens.shape[0] == 0 or steps == 0:
-            raise ValueError(
-                f"{tokens_name}: expected at least one row and one step (B, T), got shape "
-                f"{fmt_shape(tokens)}"
-            )
-        low, high = int(tokens.min()), int(tokens.max())
-        if low < 0 or high >= self.config.vocab_size:
-            raise ValueError(
-                f"{tokens_name}: expected ids in [0, vocab_size={self.config.vocab_size}), got "
-                f"values in [{low}, {high}] in shape {fmt_shape(tokens)}"
-            )
-        low, high = int(lengths.min()), int(lengths.max())
-        if low < 1 or high > steps:
-            raise ValueError(
-                f"{lengths_name}: expected values in [1, T={steps}] for {tokens_name} of shape "
-                f"{fmt_shape(tokens)}, got values in [{low}, {high}]"
-            )
+        tokens, _ = check_tokens(tokens, lengths, self.config.vocab_size, tokens_name, lengths_name)
         if not inference and self.text_encoder.training and tokens.shape[0] == 1:
             raise ValueError(
                 f"{tokens_name}: batch size 1 in training mode, but the text encoder's batch "
