@@ -91,6 +91,16 @@ def _channels(text: str) -> tuple[int, ...]:
     return values
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected an integer or distinct comma-separated integers like 0,1,2, got {text!r}")
+    return values
+
+
 def _key_value(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     if not sep or not key:
@@ -191,26 +201,35 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from valfusion.engine.demo import format_table, run_demo
 
     out = Path(args.out)
+    seeds = args.seed
+    if args.seeds is not None:
+        if len(seeds) > 1:
+            raise UsageError(f"--seeds: give either --seeds N or a list of seeds with --seed, got --seed {','.join(map(str, seeds))} and --seeds {args.seeds}")
+        seeds = tuple(range(seeds[0], seeds[0] + args.seeds))
     results = run_demo(
-        out, quick=args.quick, steps=args.steps, composers=args.composers, seed=args.seed,
+        out, quick=args.quick, steps=args.steps, composers=args.composers, seed=seeds,
         progress=False if args.no_progress else None,
     )
     print(format_table(results))
     print()
     if args.quick:
         print("(--quick is a smoke run of the pipeline: too short for the numbers to mean much)")
-    print(f"results:  {out / 'results.json'}")
+    files = results["files"]
+    print(f"results:  {out / 'results.json'}, {files['table_markdown']}, {files['table_csv']}")
+    print(f"rankings: {out / 'rankings'}/<composer>.csv  (each test query: rank of its correct target, top results)")
     for name, path in results.get("pictures", {}).items():
         print(f"{name.replace('_', ' ')}: {path}")
-    print(f"runs:     {out / 'runs'}/<composer>  (model, metrics, history, checkpoints)")
+    runs = out / "runs" if len(seeds) == 1 else out / "runs" / "seed_<S>"
+    print(f"runs:     {runs}/<composer>  (model, metrics, history)")
     print(f"time:     {results['seconds']:.0f} s")
     queries = results.get("queries") or []
     composer = next((c for c in ("val", *results["composers"]) if c in results["composers"]), None)
     if queries and composer is not None:
         bench = results["benchmark"]
+        run_dir = results["runs"][0]["composers"][composer]["run_dir"]
         print("try one query yourself:")
         print(
-            f"  valfusion search {out / 'runs' / composer} --image {queries[0]['image']} "
+            f"  valfusion search {run_dir} --image {queries[0]['image']} "
             f"--text {json.dumps(queries[0]['text'])} --gallery synthetic "
             f"-o num_test={bench['num_queries']} -o seed={bench['seed']} --exclude {queries[0]['reference']}"
         )
@@ -453,7 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--composers", nargs="+", choices=composers, default=None, metavar="NAME",
         help=f"composers to compare, from {', '.join(composers)} (default: val tirg tirg_pooled concat image_only text_only)",
     )
-    demo.add_argument("--seed", type=int, default=0, help="seed of the benchmark and of every run (default: 0)")
+    demo.add_argument(
+        "--seed", type=_seeds, default=(0,), metavar="SEED[,SEED...]",
+        help="seed of the benchmark and of every run; several seeds train every composer once per seed "
+        "and report mean ± std [min, max] over them (default: 0)",
+    )
+    demo.add_argument("--seeds", type=_positive_int, default=None, metavar="N", help="N seeds, from --seed on (--seed 0 --seeds 3: seeds 0, 1, 2)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     _add_threads(demo, 1, ": the demo's small models gain little from more")
     demo.set_defaults(func=_cmd_demo)
