@@ -463,10 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter,
         description="The main job: the synthetic benchmark (no download), VAL and the baselines trained "
         "with the same budget, one Recall@K table (overall, per edit kind, and for edits that name a grid "
-        "cell), results.json, and pictures (learning curves, attention maps, top results).",
+        "cell; over several seeds: mean ± std [min, max] and VAL's lead in each seed) printed and written as "
+        "results.md and results.csv, every test query's ranking (rankings/COMPOSER.csv), results.json, and "
+        "pictures (learning curves, attention maps, top results with each query's correct target and rank).",
     )
     demo.add_argument("--quick", action="store_true", help="a smoke run of the whole pipeline in about a minute (numbers not meaningful)")
-    demo.add_argument("--out", default="valfusion-demo", help="folder for results.json, the pictures and one run folder per composer (default: valfusion-demo)")
+    demo.add_argument("--out", default="valfusion-demo", help="folder for the results, rankings, pictures and one run folder per composer and seed (default: valfusion-demo)")
     demo.add_argument("--steps", type=_positive_int, default=None, help="training steps per composer (default: 500; 30 with --quick)")
     demo.add_argument(
         "--composers", nargs="+", choices=composers, default=None, metavar="NAME",
