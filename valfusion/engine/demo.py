@@ -720,9 +720,12 @@ def run_demo(
         "protocol": first["protocol"],
         "seeds": list(seeds),
         "benchmark": first["benchmark"],
-        "budget": {**asdict(replace(settings, model={})), "ks": list(_KS), "model": {
-            k: list(v) if isinstance(v, tuple) else v for k, v in settings.model.items()
-        }},
+        "budget": {
+            **{k: v for k, v in asdict(replace(settings, model={})).items() if k != "seed"},
+            "seeds": list(seeds),
+            "ks": list(_KS),
+            "model": {k: list(v) if isinstance(v, tuple) else v for k, v in settings.model.items()},
+        },
         "composers": summary,
         "runs": runs,
         "environment": {
