@@ -35,7 +35,9 @@ def test_quick_demo_writes_results_for_every_composer(demo):
     results = json.loads((out / "results.json").read_text())
     assert list(results["composers"]) == list(DEMO_COMPOSERS)
     assert results["protocol"] == "synthetic"
-    for entry in results["composers"].values():
+    (run,) = results["runs"]
+    assert run["seed"] == 0 and list(run["composers"]) == list(DEMO_COMPOSERS)
+    for entry in run["composers"].values():
         for k in (1, 10, 50):
             assert 0.0 <= entry[f"recall@{k}"] <= 1.0
         assert entry["recall@1"] <= entry["recall@10"] <= entry["recall@50"]
@@ -57,7 +59,7 @@ def test_per_edit_kind_counts_add_up_to_all_queries(demo):
     _, out, _, _ = demo
     results = json.loads((out / "results.json").read_text())
     total = results["benchmark"]["num_queries"]
-    for entry in results["composers"].values():
+    for entry in results["runs"][0]["composers"].values():
         assert sum(v["num_queries"] for v in entry["by_edit_kind"].values()) == total
         assert sum(v["num_queries"] for v in entry["by_location"].values()) == total
 
@@ -206,6 +208,17 @@ def test_table_shows_mean_std_and_range_of_every_recall_column(two_seeds):
             row = next(line for line in stdout.splitlines() if line.startswith(composer + " "))
             assert cell in row
             assert cell in next(line for line in markdown.splitlines() if line.startswith(f"| {composer} |"))
+
+
+@pytest.mark.slow
+def test_table_shows_each_seeds_recall_at_1(two_seeds):
+    _, results, stdout = two_seeds
+    lines = stdout.splitlines()
+    section = lines.index("R@1 (%) in each seed:")
+    assert lines[section + 1].split() == ["composer", "seed", "1", "seed", "2"]
+    for composer in ("val", "tirg_pooled"):
+        row = next(line for line in lines[section:] if line.startswith(composer + " "))
+        assert row.split()[1:] == [f"{100 * run['composers'][composer]['recall@1']:.1f}" for run in results["runs"]]
 
 
 @pytest.mark.slow

@@ -459,6 +459,12 @@ def _report(results: Mapping[str, Any], *, timing: bool = False) -> tuple[list[s
     if timing:
         main.header.append("train s")
     tables = [main]
+    if several:
+        tables.append(_Table(
+            f"R@{ks[0]} (%) in each seed:",
+            ["composer", *(f"seed {s}" for s in seeds)],
+            [[name, *(f"{100 * v:.1f}" for v in entry[f"recall@{ks[0]}"]["values"])] for name, entry in composers.items()],
+        ))
     leads = results.get("leads")
     if several and leads:
         reference = leads["reference"]
