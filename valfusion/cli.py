@@ -198,6 +198,16 @@ def _file_value(action: argparse.Action, value: object) -> Any:
     return value
 
 
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"expected an integer or distinct comma-separated integers like 0,1,2, got {text!r}")
+    return values
+
+
 # ---------------------------------------------------------------------------- data options
 
 
@@ -307,9 +317,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from valfusion.engine.demo import format_table, run_demo
 
     out = Path(args.out)
+    seeds = args.seed
+    if args.seeds is not None:
+        if len(seeds) > 1:
+            raise UsageError(f"--seeds: give either --seeds N or a list of seeds with --seed, got --seed {','.join(map(str, seeds))} and --seeds {args.seeds}")
+        seeds = tuple(range(seeds[0], seeds[0] + args.seeds))
     try:
         results = run_demo(
-            out, quick=args.quick, steps=args.steps, composers=args.composers, seed=args.seed,
+            out, quick=args.quick, steps=args.steps, composers=args.composers, seed=seeds,
             progress=False if args.no_progress else None,
         )
     except TrainingStopped as stopped:  # several runs: no one resume command to suggest
@@ -319,18 +334,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print()
     if args.quick:
         print("(--quick is a smoke run of the pipeline: too short for the numbers to mean much)")
-    print(f"results:  {out / 'results.json'}")
+    files = results["files"]
+    print(f"results:  {out / 'results.json'}, {files['table_markdown']}, {files['table_csv']}")
+    print(f"rankings: {out / 'rankings'}/<composer>.csv  (each test query: rank of its correct target, top results)")
     for name, path in results.get("pictures", {}).items():
         print(f"{name.replace('_', ' ')}: {path}")
-    print(f"runs:     {out / 'runs'}/<composer>  (model, metrics, history, checkpoints)")
+    runs = out / "runs" if len(seeds) == 1 else out / "runs" / "seed_<S>"
+    print(f"runs:     {runs}/<composer>  (model, metrics, history)")
     print(f"time:     {results['seconds']:.0f} s")
     queries = results.get("queries") or []
     composer = next((c for c in ("val", *results["composers"]) if c in results["composers"]), None)
     if queries and composer is not None:
         bench = results["benchmark"]
+        run_dir = results["runs"][0]["composers"][composer]["run_dir"]
         print("try one query yourself:")
         print(
-            f"  valfusion search {out / 'runs' / composer} --image {queries[0]['image']} "
+            f"  valfusion search {run_dir} --image {queries[0]['image']} "
             f"--text {json.dumps(queries[0]['text'])} --gallery synthetic "
             f"-o num_test={bench['num_queries']} -o seed={bench['seed']} --exclude {queries[0]['reference']}"
         )
@@ -900,13 +919,18 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
     from valfusion.layers import COMPOSERS
 
     demo.add_argument("--quick", action="store_true", help="a smoke run of the whole pipeline in about a minute (numbers not meaningful)")
-    demo.add_argument("--out", default="valfusion-demo", help="folder for results.json, the pictures and one run folder per composer (default: %(default)s)")
+    demo.add_argument("--out", default="valfusion-demo", help="folder for the results, rankings, pictures and one run folder per composer and seed (default: %(default)s)")
     demo.add_argument("--steps", type=_POSITIVE_INT, default=None, help=f"training steps per composer (default: {DemoSettings().steps}; {DemoSettings.quick().steps} with --quick)")
     demo.add_argument(
         "--composers", nargs="+", choices=COMPOSERS, default=None, metavar="NAME",
         help=f"composers to compare, from {', '.join(COMPOSERS)} (default: {' '.join(DEMO_COMPOSERS)})",
     )
-    demo.add_argument("--seed", type=_INTEGER, default=0, help="seed of the benchmark and of every run (default: %(default)s)")
+    demo.add_argument(
+        "--seed", type=_seeds, default=(0,), metavar="SEED[,SEED...]",
+        help="seed of the benchmark and of every run; several seeds train every composer once per seed "
+        "and report mean ± std [min, max] over them (default: 0)",
+    )
+    demo.add_argument("--seeds", type=_POSITIVE_INT, default=None, metavar="N", help="N seeds, from --seed on (--seed 0 --seeds 3: seeds 0, 1, 2)")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     _add_threads(demo, 1, ": the demo's small models gain little from more")
     demo.set_defaults(func=_cmd_demo)
@@ -1000,7 +1024,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=_Formatter, add_arguments=_demo_options,
         description="The main job: the synthetic benchmark (no download), VAL and the baselines trained "
         "with the same budget, one Recall@K table (overall, per edit kind, and for edits that name a grid "
-        "cell), results.json, and pictures (learning curves, attention maps, top results).",
+        "cell; over several seeds: mean ± std [min, max] and VAL's lead in each seed) printed and written as "
+        "results.md and results.csv, every test query's ranking (rankings/COMPOSER.csv), results.json, and "
+        "pictures (learning curves, attention maps, top results with each query's correct target and rank).",
     )
     commands.add_parser(
         "train", help="train a model on a data source", formatter_class=_Formatter, add_arguments=_train_options,

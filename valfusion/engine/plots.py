@@ -197,6 +197,8 @@ class QueryPicture:
         reference: ``(3, H, W)`` reference image in ``[0, 1]``.
         text: The modification text.
         target: ``(3, H, W)`` a correct target in ``[0, 1]``, or ``None``.
+        target_rank: 1-based rank of ``target`` in the query's ranking (the best-ranked
+            correct target), or ``None`` when unknown.
         attention: One ``(C_l, h_l, w_l)`` joint-attention map per level (``None`` for a
             composer without attention).
         results: ``(3, H, W)`` images of the top results in ``[0, 1]``, best first.
@@ -208,6 +210,7 @@ class QueryPicture:
     reference: Tensor
     text: str
     target: Tensor | None = None
+    target_rank: int | None = None
     attention: Sequence[Tensor] | None = None
     results: Sequence[Tensor] = ()
     correct: Sequence[bool] = ()
@@ -280,6 +283,9 @@ def plot_top_results(
     """Each query (reference + text, its attention when given) next to its top results.
 
     Correct results get a green frame, others a red one; the cosine score is under each.
+    A query with a ``target`` gets a last panel with it and its ``target_rank``, framed
+    green when the target is among the results shown and red when it ranks below them, so
+    a miss shows where the correct image went.
 
     Args:
         queries: The queries, each with ``results`` (and ``correct``, ``scores``).
@@ -293,12 +299,23 @@ def plot_top_results(
         ValueError: If there is no query, or ``path`` cannot hold a picture (see
             :func:`check_picture_path`).
     """
+    check_picture_path(path)
+    return _save(_top_results_figure(queries, title), path)
+
+
+def _frame(axis: Any, colour: str) -> None:
+    for spine in axis.spines.values():
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(3)
+
+
+def _top_results_figure(queries: Sequence[QueryPicture], title: str = "") -> Any:
     if not queries:
         raise ValueError("queries: expected at least one query to draw")
-    check_picture_path(path)
     with_attention = any(q.attention is not None for q in queries)
+    with_target = any(q.target is not None for q in queries)
     width = max(len(q.results) for q in queries)
-    columns = 1 + int(with_attention) + width
+    columns = 1 + int(with_attention) + width + int(with_target)
     figure = require_matplotlib()(figsize=(1.9 * columns, 2.3 * len(queries)), layout="constrained")
     axes = figure.subplots(len(queries), columns, squeeze=False)
     for row, query in enumerate(queries):
@@ -325,15 +342,22 @@ def plot_top_results(
             axis.imshow(_as_pixels(query.results[i]))
             good = bool(query.correct[i]) if i < len(query.correct) else None
             if good is not None:
-                colour = "tab:green" if good else "tab:red"
-                for spine in axis.spines.values():
-                    spine.set_edgecolor(colour)
-                    spine.set_linewidth(3)
+                _frame(axis, "tab:green" if good else "tab:red")
             score = f" {query.scores[i]:.2f}" if i < len(query.scores) else ""
             axis.set_xlabel(f"#{i + 1}{score}", fontsize=7)
+        if with_target:
+            axis = axes[row][first + width]
+            if query.target is None:
+                axis.axis("off")
+            else:
+                axis.imshow(_as_pixels(query.target))
+                rank = query.target_rank
+                axis.set_title("correct target", fontsize=7)
+                axis.set_xlabel("rank unknown" if rank is None else f"rank {rank}", fontsize=7)
+                if rank is not None:
+                    _frame(axis, "tab:green" if rank <= len(query.results) else "tab:red")
         for axis in axes[row]:
             _blank(axis)
     if title:
         figure.suptitle(_text(title), fontsize=9, parse_math=False)
-    return _save(figure, path)
-
+    return figure
