@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from valfusion._logging import log_to_console
 from valfusion._version import __version__
 
 __all__ = ["main"]
@@ -281,13 +282,13 @@ def _train_config(args: argparse.Namespace, image_size: int) -> Any:
         steps=pick("steps"), batch_size=pick("batch_size"), lr=pick("lr"), weight_decay=pick("weight_decay"),
         warmup_steps=pick("warmup_steps"), grad_clip=pick("grad_clip"), amp=pick("amp"), seed=pick("seed"),
         eval_every=pick("eval_every"), checkpoint_every=pick("checkpoint_every"),
-        keep_checkpoints=pick("keep_checkpoints"), log_every=pick("log_every"),
+        keep_checkpoints=pick("keep_checkpoints"), log_every=pick("log_every"), logger=pick("logger"),
         num_workers=pick("num_workers"), device=pick("device"), model=model,
     )
 
 
 _NOT_SET = object()
-_SETTINGS_THAT_MAY_CHANGE = ("eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "device")
+_SETTINGS_THAT_MAY_CHANGE = ("eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "logger", "num_workers", "device")
 
 
 def _saved_value(config: Any, option: str) -> Any:
@@ -662,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--checkpoint-every", type=_non_negative_int, default=None, help="checkpoint every N steps, 0 = only at the end and when stopped (default: 0)")
     optim.add_argument("--keep-checkpoints", type=_non_negative_int, default=None, help="keep the N newest checkpoints, 0 = keep all (default: 3)")
     optim.add_argument("--log-every", type=_positive_int, default=None, help="record loss and throughput every N steps (default: 10)")
+    optim.add_argument("--logger", choices=("none", "csv", "tensorboard"), default=None, help="metrics log written as the run goes: RUN_DIR/logs/metrics.csv, TensorBoard event files in RUN_DIR/logs (the 'tensorboard' extra), or none; may change on --resume (default: csv)")
     optim.add_argument("--num-workers", type=_non_negative_int, default=None, help="DataLoader worker processes (default: 0)")
     optim.add_argument("--no-progress", action="store_true", help="no progress bar or progress lines")
     _add_threads(optim)
@@ -734,7 +736,7 @@ def _run_command(args: argparse.Namespace, prog: str) -> int:
     def one_line_warning(message: Warning | str, *_: object, **__: object) -> None:
         print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), log_to_console(prog):
         warnings.showwarning = one_line_warning
         return int(args.func(args) or 0)
 

@@ -9,9 +9,9 @@ joint-attention maps of a few queries and their top results.
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -35,6 +35,8 @@ from valfusion.models import VAL
 from valfusion.models.val import CompositionOutput
 
 __all__ = ["DEMO_COMPOSERS", "DemoSettings", "format_table", "run_demo"]
+
+logger = logging.getLogger(__name__)
 
 #: Composers the demo trains by default: the paper's VAL and every baseline, TIRG both per
 #: position (``"tirg"``) and on pooled features as in the papers (``"tirg_pooled"``). The
@@ -323,7 +325,8 @@ def run_demo(
         settings: Full settings (overrides ``quick``; ``steps`` and ``seed`` still apply).
         pictures: Draw the pictures (needs matplotlib).
         progress: As for :class:`~valfusion.engine.Trainer`.
-        log: Where progress messages go (default: print to stderr).
+        log: Where progress messages go (default: ``info`` records of the
+            ``valfusion.engine.demo`` logger, which ``valfusion demo`` shows on stderr).
 
     Returns:
         The ``results.json`` content.
@@ -332,7 +335,7 @@ def run_demo(
         ValueError: An unknown composer or a bad setting.
     """
     started = time.perf_counter()
-    log = log if log is not None else (lambda message: print(message, file=sys.stderr, flush=True))
+    log = log if log is not None else logger.info
     settings = settings if settings is not None else (DemoSettings.quick() if quick else DemoSettings())
     settings = replace(settings, seed=seed, **({} if steps is None else {"steps": steps}))
     composers = tuple(DEMO_COMPOSERS if composers is None else composers)
