@@ -362,16 +362,16 @@ def _empty(path: Path) -> None:
 
 
 @pytest.mark.parametrize(("damage", "reason"), [(_truncate, "truncated or corrupt"), (_empty, "empty file")])
-def test_damaged_newest_checkpoint_falls_back_to_the_older_intact_one(data, tmp_path, capsys, damage, reason):
+def test_damaged_newest_checkpoint_falls_back_to_the_older_intact_one(data, tmp_path, caplog, damage, reason):
     config = tiny_config(steps=12, checkpoint_every=4)
     straight = train(data, config, tmp_path / "straight", progress=False)
     train(data, config, tmp_path / "cut", until=8, progress=False)
     newest = tmp_path / "cut" / "checkpoints" / "step_0000008.pt"
     damage(newest)
-    capsys.readouterr()
-    resumed = train(data, config, tmp_path / "cut", resume=True, progress=False)
-    err = capsys.readouterr().err
-    assert f"skipped {newest}: {reason}" in err
+    with caplog.at_level("WARNING", logger="valfusion"):
+        resumed = train(data, config, tmp_path / "cut", resume=True, progress=False)
+    (warning,) = [r for r in caplog.records if r.name == "valfusion.engine.trainer" and r.levelname == "WARNING"]
+    assert f"skipped {newest}: {reason}" in warning.getMessage()
     assert _same(resumed.model.state_dict(), straight.model.state_dict())
 
 

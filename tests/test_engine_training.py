@@ -93,7 +93,8 @@ def test_run_directory_holds_model_config_metrics_history_and_checkpoints(data, 
     train(data, config, tmp_path, progress=False)
     names = {p.name for p in tmp_path.iterdir()}
     assert {"config.json", "model.pt", "vocabulary.json", "train_config.json", "metrics.json",
-            "history.json", "checkpoints"} <= names
+            "history.json", "checkpoints", "logs"} <= names
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == ["metrics.csv"]  # the default logger
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "step_0000004.pt", "step_0000008.pt"
     ]
@@ -138,7 +139,8 @@ def test_fp16_on_the_cpu_is_rejected_naming_amp(data):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("steps", 0), ("lr", 0.0), ("batch_size", -1), ("amp", "fp8"), ("grad_clip", -1.0), ("device", "tpu")],
+    [("steps", 0), ("lr", 0.0), ("batch_size", -1), ("amp", "fp8"), ("grad_clip", -1.0), ("device", "tpu"),
+     ("logger", "wandb")],
 )
 def test_config_rejects_bad_values_naming_the_field(field, value):
     with pytest.raises(ValueError, match=field):

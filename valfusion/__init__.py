@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 from valfusion._version import __version__
+
+# A library's logger: records go where the application sends them (the `valfusion`
+# command shows them on stderr), never to stderr by default.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 # Public name -> defining subpackage. Resolved lazily (PEP 562) so that importing
 # valfusion stays cheap and optional extras are only needed by what uses them.

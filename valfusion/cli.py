@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from valfusion._logging import log_to_console
 from valfusion._version import __version__
 
 __all__ = ["main"]
@@ -385,7 +386,7 @@ class _Setting:
 def _train_settings() -> dict[str, tuple[_Setting, ...]]:
     """``train``'s settings of ``TrainConfig`` (``"training"``) and of ``VALConfig``
     (``"model"``), with the registries' choices."""
-    from valfusion.engine import AMP_MODES
+    from valfusion.engine import AMP_MODES, LOGGERS
     from valfusion.layers import COMPOSERS
     from valfusion.losses.hierarchical_matching import FORMS
     from valfusion.models import BACKBONES
@@ -404,6 +405,7 @@ def _train_settings() -> dict[str, tuple[_Setting, ...]]:
             _Setting("checkpoint-every", "checkpoint every N steps, 0 = only at the end and when stopped", _NON_NEGATIVE_INT),
             _Setting("keep-checkpoints", "keep the N newest checkpoints, 0 = keep all", _NON_NEGATIVE_INT),
             _Setting("log-every", "record loss and throughput every N steps", _POSITIVE_INT),
+            _Setting("logger", "metrics log under RUN_DIR/logs: csv, tensorboard (the 'tensorboard' extra) or none", choices=LOGGERS),
             _Setting("num-workers", "DataLoader worker processes", _NON_NEGATIVE_INT),
             _Setting("device", _DEVICE_HELP),
         ),
@@ -1093,7 +1095,7 @@ def _run_command(args: argparse.Namespace, prog: str) -> int:
     def one_line_warning(message: Warning | str, *_: object, **__: object) -> None:
         print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), log_to_console(prog):
         warnings.showwarning = one_line_warning
         return int(args.func(args) or 0)
 

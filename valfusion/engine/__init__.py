@@ -7,7 +7,8 @@
 - :class:`RunIdentity`: the data and settings a run trains on, checked on resume;
   :class:`TrainingStopped`: a run stopped by a signal, a non-finite loss or a data error,
   with its state saved.
-- :mod:`valfusion.engine.io`: atomic writes for results and checkpoints.
+- :mod:`valfusion.engine.io`: atomic writes for results and checkpoints;
+  :mod:`valfusion.engine.loggers`: the metrics log a run writes as it goes (CSV, TensorBoard).
 - :mod:`valfusion.engine.demo`: the main job (``valfusion demo``); :mod:`valfusion.engine.plots`:
   learning curves, attention maps and top results (matplotlib, the ``demo`` extra).
 """
@@ -19,7 +20,7 @@ from valfusion.engine.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from valfusion.engine.config import AMP_MODES, TrainConfig
+from valfusion.engine.config import AMP_MODES, LOGGERS, TrainConfig
 from valfusion.engine.distributed import DistributedContext, init_distributed, resolve_device
 from valfusion.engine.evaluation import embed_images, embed_split, evaluate
 from valfusion.engine.identity import RunIdentity, annotation_fingerprint
@@ -29,6 +30,7 @@ from valfusion.engine.io import (
     atomic_write_text,
     atomic_write_torch,
 )
+from valfusion.engine.loggers import CSVLogger, MetricsLogger, TensorBoardLogger, open_logger
 from valfusion.engine.sampler import ResumableSampler
 from valfusion.engine.schedule import WarmupCosine, warmup_cosine_scheduler
 from valfusion.engine.stopping import StopSignals, TrainingStopped
@@ -36,6 +38,7 @@ from valfusion.engine.trainer import (
     CHECKPOINT_DIR,
     HISTORY_FILE,
     IDENTITY_FILE,
+    LOG_DIR,
     METRICS_FILE,
     TRAIN_CONFIG_FILE,
     Trainer,
@@ -51,12 +54,17 @@ __all__ = [
     "CHECKPOINT_DIR",
     "HISTORY_FILE",
     "IDENTITY_FILE",
+    "LOGGERS",
+    "LOG_DIR",
     "METRICS_FILE",
     "TRAIN_CONFIG_FILE",
+    "CSVLogger",
     "DistributedContext",
+    "MetricsLogger",
     "ResumableSampler",
     "RunIdentity",
     "StopSignals",
+    "TensorBoardLogger",
     "TrainConfig",
     "TrainResult",
     "Trainer",
@@ -77,6 +85,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "load_latest_checkpoint",
+    "open_logger",
     "prune_checkpoints",
     "resolve_device",
     "save_checkpoint",

@@ -10,12 +10,15 @@ from typing import Any
 
 from valfusion.models import VALConfig
 
-__all__ = ["AMP_MODES", "TrainConfig"]
+__all__ = ["AMP_MODES", "LOGGERS", "TrainConfig"]
 
 #: Mixed-precision modes: ``"off"`` (float32), ``"bf16"`` (CPU or CUDA autocast),
 #: ``"fp16"`` (CUDA autocast with a gradient scaler).
 AMP_MODES: tuple[str, ...] = ("off", "bf16", "fp16")
 """Mixed-precision modes: ``"off"`` (fp32), ``"bf16"`` (CPU or CUDA autocast), ``"fp16"`` (CUDA only, with a gradient scaler)."""
+
+LOGGERS: tuple[str, ...] = ("none", "csv", "tensorboard")
+"""Metrics logs a run can write under ``RUN_DIR/logs``: ``"none"``, ``"csv"`` (``metrics.csv``, standard library only), ``"tensorboard"`` (event files, the ``tensorboard`` extra)."""
 
 
 def _positive_int(value: object, name: str) -> int:
@@ -65,6 +68,14 @@ class TrainConfig:
         keep_checkpoints: Keep this many of the newest checkpoints, deleting older ones
             after each successful write (``0``: keep every one).
         log_every: Record the loss and throughput in the history every this many steps.
+        logger: One of :data:`LOGGERS`: the metrics log written under ``RUN_DIR/logs`` as
+            the run goes (the history's rows: loss, learning rate, throughput, each
+            evaluation's Recall@K, with their step; see
+            :mod:`valfusion.engine.loggers`). Nothing is written without a run directory.
+            May change when a run resumes: the log is rewritten from the checkpoint's
+            history, so a logger chosen only then still holds the whole run. The default,
+            ``"csv"``, needs nothing beyond the standard library and costs one flushed
+            line per record.
         num_workers: ``DataLoader`` worker processes for reading images.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or
             ``"cuda:N"``.
@@ -90,6 +101,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
     log_every: int = 10
+    logger: str = "csv"
     num_workers: int = 0
     device: str = "auto"
     eval_batch_size: int = 256
@@ -109,6 +121,8 @@ class TrainConfig:
         _non_negative_float(self.grad_clip, "grad_clip")
         if not 0 <= _non_negative_float(self.min_lr_ratio, "min_lr_ratio") <= 1:
             raise ValueError(f"min_lr_ratio: expected a number in [0, 1], got {self.min_lr_ratio!r}")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger: expected one of {LOGGERS}, got {self.logger!r}")
         if self.amp not in AMP_MODES:
             raise ValueError(f"amp: expected one of {AMP_MODES}, got {self.amp!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):

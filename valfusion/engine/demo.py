@@ -20,10 +20,10 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import math
 import os
 import platform
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -55,6 +55,8 @@ __all__ = [
     "format_table",
     "run_demo",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Composers the demo trains by default: the paper's VAL and every baseline, TIRG both per
 #: position (``"tirg"``) and on pooled features as in the papers (``"tirg_pooled"``). The
@@ -641,7 +643,8 @@ def run_demo(
         settings: Full settings (overrides ``quick``; ``steps`` and ``seed`` still apply).
         pictures: Draw the pictures (needs matplotlib).
         progress: As for :class:`~valfusion.engine.Trainer`.
-        log: Where progress messages go (default: print to stderr).
+        log: Where progress messages go (default: ``info`` records of the
+            ``valfusion.engine.demo`` logger, which ``valfusion demo`` shows on stderr).
 
     Returns:
         The ``results.json`` content.
@@ -650,7 +653,7 @@ def run_demo(
         ValueError: An unknown composer, a bad seed or a bad setting.
     """
     started = time.perf_counter()
-    log = log if log is not None else (lambda message: print(message, file=sys.stderr, flush=True))
+    log = log if log is not None else logger.info
     seeds = _seed_list(seed)
     settings = settings if settings is not None else (DemoSettings.quick() if quick else DemoSettings())
     settings = replace(settings, seed=seeds[0], **({} if steps is None else {"steps": steps}))

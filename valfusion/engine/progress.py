@@ -12,8 +12,10 @@ class Progress:
     """Training progress with loss and throughput.
 
     On a terminal (``stream.isatty()``) with tqdm installed (the ``demo`` extra) it draws a
-    bar; otherwise it prints a line at about every tenth of the run (logs stay short);
-    with ``enabled=False`` (other ranks, tests) it does nothing.
+    bar; otherwise it prints a line at about every tenth of the run (logs stay short),
+    flushed at once, so that a file or a pipe gets each line while the run goes (a
+    redirected stream is block-buffered otherwise); with ``enabled=False`` (other ranks,
+    tests) it does nothing.
 
     Args:
         total: Steps of the run.
@@ -72,15 +74,6 @@ class Progress:
                 flush=True,
             )
         self.step = step
-
-    def write(self, message: str) -> None:
-        """Print a message without breaking the bar."""
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(message, file=self.stream)
-        else:
-            print(message, file=self.stream, flush=True)
 
     def close(self) -> None:
         """Finish the bar."""

@@ -9,19 +9,23 @@ reproduce the run::
     RUN_DIR/metrics.json                             final Recall@K (and the data it used)
     RUN_DIR/history.json                             training losses and periodic evaluations
     RUN_DIR/checkpoints/step_NNNNNNN.pt              resumable checkpoints (the newest few)
+    RUN_DIR/logs/                                    the metrics log (TrainConfig.logger), live
 
-Only rank 0 writes; every file is written atomically. A run stopped by SIGINT, SIGTERM, a
+Only rank 0 writes; every file is written atomically, except the metrics log, which grows
+as the run goes (:mod:`valfusion.engine.loggers`). A run stopped by SIGINT, SIGTERM, a
 non-finite loss or an error while reading its data writes a checkpoint of the state after
 its last completed step before it stops (:class:`~valfusion.engine.TrainingStopped`).
+Status messages (each evaluation's Recall@K, skipped damaged checkpoints) are records of
+the ``valfusion.engine.trainer`` logger.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import signal
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -52,6 +56,7 @@ from valfusion.engine.distributed import init_distributed
 from valfusion.engine.evaluation import evaluate
 from valfusion.engine.identity import RunIdentity
 from valfusion.engine.io import atomic_write_json, remove_stale_temporaries
+from valfusion.engine.loggers import MetricsLogger, check_logger, open_logger
 from valfusion.engine.progress import Progress
 from valfusion.engine.sampler import ResumableSampler
 from valfusion.engine.schedule import warmup_cosine_scheduler
@@ -62,6 +67,7 @@ __all__ = [
     "CHECKPOINT_DIR",
     "HISTORY_FILE",
     "IDENTITY_FILE",
+    "LOG_DIR",
     "METRICS_FILE",
     "TRAIN_CONFIG_FILE",
     "TrainResult",
@@ -82,6 +88,10 @@ HISTORY_FILE = "history.json"
 """Name of the run's loss and evaluation history file inside ``RUN_DIR``."""
 CHECKPOINT_DIR = "checkpoints"
 """Name of the folder of periodic checkpoints inside ``RUN_DIR``."""
+LOG_DIR = "logs"
+"""Name of the folder of the metrics log (``TrainConfig.logger``) inside ``RUN_DIR``."""
+
+logger = logging.getLogger(__name__)
 
 
 def build_vocabulary(data: RetrievalData, config: TrainConfig) -> Vocabulary:
@@ -220,8 +230,8 @@ class Trainer:
         model: The model to train (moved to the training device).
         data: Training split (and evaluation splits for periodic / final evaluation).
         config: The run's configuration.
-        run_dir: Where to write checkpoints, history, metrics and the model (rank 0
-            only); ``None`` writes nothing.
+        run_dir: Where to write checkpoints, history, metrics, the metrics log and the
+            model (rank 0 only); ``None`` writes nothing.
         progress: Progress on rank 0: ``True`` forces a tqdm bar, ``False`` shows nothing,
             ``None`` draws a bar on a terminal and otherwise prints a line about every
             tenth of the run.
@@ -231,6 +241,8 @@ class Trainer:
     Raises:
         ValueError: If the training split is smaller than one global batch, the model
             has no vocabulary, or fp16 is asked for without CUDA.
+        ImportError: If ``config.logger`` is ``"tensorboard"`` and the ``tensorboard``
+            package is missing.
     """
 
     def __init__(
@@ -253,6 +265,7 @@ class Trainer:
         self.context, self.device = init_distributed(config.device)
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError("amp: 'fp16' needs a CUDA device; use 'bf16' on the CPU")
+        check_logger(config.logger)
         self.model = model.to(self.device)
         self.vocabulary = model.vocabulary
         self._loss_forward: nn.Module = _LossForward(model)
@@ -283,6 +296,7 @@ class Trainer:
         self.history: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
         self._window = {"loss": 0.0, "count": 0}
         self.progress = progress
+        self._metrics_log: MetricsLogger | None = None
         self.uses_side_info = model.config.semantic_dim is not None
         self.identity = identity if identity is not None else RunIdentity.from_data(data)
         # Where a step that meets a non-finite loss puts the buffers (BatchNorm statistics)
@@ -503,7 +517,10 @@ class Trainer:
         Writes a checkpoint every ``checkpoint_every`` steps and when it returns;
         evaluates every ``eval_every`` steps; at the last step of the run evaluates and
         writes the model, ``metrics.json`` and ``history.json``. Temporary files that a
-        killed process left in the run directory are removed first.
+        killed process left in the run directory are removed first. The metrics log
+        (``config.logger``, in ``RUN_DIR/logs``) is opened afresh with the history held so
+        far (what the checkpoint of a resumed run recorded), then gets each new row of
+        the history as it is recorded.
 
         While it trains, SIGINT and SIGTERM ask for a stop (see
         :class:`~valfusion.engine.stopping.StopSignals`): at the next step boundary, and
@@ -537,11 +554,16 @@ class Trainer:
         if self.run_dir is not None and main:
             remove_stale_temporaries(self.run_dir)
             remove_stale_temporaries(self.run_dir / CHECKPOINT_DIR)
+            remove_stale_temporaries(self.run_dir / LOG_DIR)
             atomic_write_json(self.run_dir / TRAIN_CONFIG_FILE, config.to_dict())
             atomic_write_json(self.run_dir / IDENTITY_FILE, self.identity.to_dict())
         self._loss_forward.train()
         metrics = None
         try:
+            if self.run_dir is not None and main:
+                self._metrics_log = open_logger(config.logger, self.run_dir / LOG_DIR)
+                for part, entry in _history_rows(self.history):
+                    self._log_metrics(part, entry)
             with StopSignals() as signals:
                 with _deterministic(config.deterministic):
                     self._train_until(until, signals, progress)
@@ -551,11 +573,14 @@ class Trainer:
                     raise self._stopped("signal", f"stopped by {signal.Signals(stop_signal).name}", stop_signal)
             if self.step >= config.steps:
                 metrics = self.evaluate()
-                self._record_eval(metrics, progress)
+                self._record_eval(metrics)
                 metrics = {**metrics, "step": self.step, "composer": self.model.config.composer}
                 self._write_results(metrics)
         finally:
             progress.close()
+            if self._metrics_log is not None:
+                self._metrics_log.close()
+                self._metrics_log = None
         return TrainResult(
             model=self.model,
             step=self.step,
@@ -607,14 +632,14 @@ class Trainer:
                 throughput = window_steps * config.batch_size * self.context.world_size / elapsed
                 if self.step % config.log_every == 0 or self.step == until:
                     mean = self._window["loss"] / max(self._window["count"], 1)
-                    self.history["train"].append(
-                        {"step": self.step, "loss": mean, "lr": lr, "samples_per_second": throughput}
-                    )
+                    entry = {"step": self.step, "loss": mean, "lr": lr, "samples_per_second": throughput}
+                    self.history["train"].append(entry)
+                    self._log_metrics("train", entry)
                     self._window = {"loss": 0.0, "count": 0}
                     window_start, window_steps = time.perf_counter(), 0
                 progress.update(self.step, loss=loss, samples_per_second=throughput)
                 if config.eval_every and self.step % config.eval_every == 0 and self.step < config.steps:
-                    self._record_eval(self.evaluate(), progress)
+                    self._record_eval(self.evaluate())
                 if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < until:
                     self.save_checkpoint()
         finally:
@@ -632,13 +657,21 @@ class Trainer:
             signal=stop_signal,
         )
 
-    def _record_eval(self, metrics: dict[str, Any], progress: Progress) -> None:
+    def _record_eval(self, metrics: dict[str, Any]) -> None:
         entry = {"step": self.step, **{k: v for k, v in metrics.items() if k.startswith("recall@")}}
         self.history["eval"].append(entry)
-        shown = "  ".join(f"R@{k[7:]} {100 * v:.1f}" for k, v in entry.items() if k.startswith("recall@"))
-        progress.write(f"step {self.step}: {shown}  ({metrics['protocol']} protocol)")
+        self._log_metrics("eval", entry)
+        if self.context.is_main:
+            shown = "  ".join(f"R@{k[7:]} {100 * v:.1f}" for k, v in entry.items() if k.startswith("recall@"))
+            logger.info("step %d: %s  (%s protocol)", self.step, shown, metrics["protocol"])
         if self.run_dir is not None and self.context.is_main:
             atomic_write_json(self.run_dir / HISTORY_FILE, self.history)
+
+    def _log_metrics(self, part: str, entry: dict[str, Any]) -> None:
+        """One history row to the metrics log, named ``part/key`` (``train/loss``, ``eval/recall@1``)."""
+        if self._metrics_log is not None:
+            values = {f"{part}/{key}": value for key, value in entry.items() if key != "step"}
+            self._metrics_log.log_metrics(entry["step"], values)
 
     def _write_results(self, metrics: dict[str, Any]) -> None:
         if self.run_dir is not None and self.context.is_main:
@@ -659,6 +692,14 @@ class _NonFinite(Exception):
         super().__init__(what)
 
 
+def _history_rows(history: dict[str, list[dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """The history's rows in the order the run recorded them: by step, training before evaluation."""
+    rows = [(entry["step"], order, part, entry)
+            for order, part in enumerate(("train", "eval")) for entry in history[part]]
+    rows.sort(key=lambda row: row[:2])
+    return [(part, entry) for _, _, part, entry in rows]
+
+
 def _gradient_norm(model: nn.Module) -> Tensor:
     """The global L2 norm of the gradients (what clip_grad_norm_ computes)."""
     norms = [torch.linalg.vector_norm(p.grad.detach()) for p in model.parameters() if p.grad is not None]
@@ -676,7 +717,7 @@ def _one_line(error: BaseException) -> str:
 
 
 _UNTRAINED_FIELDS = (
-    "eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "num_workers", "device",
+    "eval_every", "checkpoint_every", "keep_checkpoints", "log_every", "logger", "num_workers", "device",
     "eval_batch_size", "ks",
 )
 
@@ -710,10 +751,12 @@ def build_trainer(
         data: Training and evaluation splits.
         config: The run's configuration.
         run_dir: The run directory (see the module docstring), or ``None``.
-        resume: Load the newest intact checkpoint in ``run_dir/checkpoints`` (damaged
-            newer files are skipped, each named on stderr): its model configuration and
-            vocabulary are used; the training configuration and the run identity must
-            match it.
+        resume: Continue from the newest intact checkpoint in ``run_dir/checkpoints``
+            (damaged newer files are skipped, each named in a warning of the
+            ``valfusion.engine.trainer`` logger). Its model
+            configuration and vocabulary are used; the training configuration and the
+            run identity must match it.
+        until: Stop after this step (a checkpoint is written; resume later).
         progress: As for :class:`Trainer`.
         identity: What the run trains on, as for :class:`Trainer`; pass
             ``RunIdentity.from_data(data, source=..., data_options=...)`` to record (and
@@ -790,4 +833,4 @@ def train(
 
 
 def _report_skipped(path: Path, reason: str) -> None:
-    print(f"resume: skipped {path}: {reason}; trying an older checkpoint", file=sys.stderr, flush=True)
+    logger.warning("resume: skipped %s: %s; trying an older checkpoint", path, reason)
