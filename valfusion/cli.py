@@ -405,7 +405,7 @@ def _train_settings() -> dict[str, tuple[_Setting, ...]]:
             _Setting("checkpoint-every", "checkpoint every N steps, 0 = only at the end and when stopped", _NON_NEGATIVE_INT),
             _Setting("keep-checkpoints", "keep the N newest checkpoints, 0 = keep all", _NON_NEGATIVE_INT),
             _Setting("log-every", "record loss and throughput every N steps", _POSITIVE_INT),
-            _Setting("logger", "metrics log under RUN_DIR/logs: csv, tensorboard (the 'tensorboard' extra) or none", choices=LOGGERS),
+            _Setting("logger", "metrics log written as the run goes: RUN_DIR/logs/metrics.csv, TensorBoard event files in RUN_DIR/logs (the 'tensorboard' extra), or none; may change on --resume", choices=LOGGERS),
             _Setting("num-workers", "DataLoader worker processes", _NON_NEGATIVE_INT),
             _Setting("device", _DEVICE_HELP),
         ),
