@@ -11,6 +11,7 @@ Internals trust their inputs; only public ``forward``/functions call these.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeGuard
 
 import torch
 from torch import Tensor
@@ -24,6 +25,7 @@ __all__ = [
     "check_same_batch",
     "check_size",
     "fmt_shape",
+    "is_positive_int",
 ]
 
 
@@ -104,8 +106,13 @@ def check_same_batch(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
         )
 
 
+def is_positive_int(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is a Python int ``>= 1`` (``bool`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def check_positive_int(value: object, name: str) -> int:
     """Require a positive Python int (constructor arguments)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_positive_int(value):
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return value

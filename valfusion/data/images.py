@@ -22,12 +22,13 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Literal, Protocol, TypeGuard, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
+from valfusion._validation import is_positive_int
 from valfusion.data.errors import DataError
 
 if TYPE_CHECKING:
@@ -113,15 +114,11 @@ def to_size(image_size: int | Sequence[int], name: str = "image_size") -> tuple[
         size = ()
     if len(size) == 2:
         height, width = size
-        if _is_positive_int(height) and _is_positive_int(width):
+        if is_positive_int(height) and is_positive_int(width):
             return height, width
     raise ValueError(
         f"{name}: expected a positive int or (H, W) of positive ints, got {image_size!r}"
     )
-
-
-def _is_positive_int(value: object) -> TypeGuard[int]:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def size_record(image_size: int | Sequence[int]) -> int | list[int]:

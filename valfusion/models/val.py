@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -47,6 +47,7 @@ from valfusion.encoders import (
 )
 from valfusion.layers import COMPOSERS, CompositeAttention, MultiLevelComposer
 from valfusion.losses import HierarchicalMatchingLoss, HierarchicalMatchingOutput
+from valfusion.losses.hierarchical_matching import LossForm
 from valfusion.metrics._checks import check_finite
 from valfusion.metrics.ranking import chunk_scores, mask_excluded, prepare_gallery, topk_by_rule
 
@@ -117,7 +118,7 @@ class VALConfig:
     text_dropout: float = 0.1
     semantic_dim: int | None = None
     composer_kwargs: dict[str, Any] = field(default_factory=dict)
-    loss: str = "softmax"
+    loss: LossForm = "softmax"
     temperature: float = 0.1
     learnable_temperature: bool = False
     margin: float = 0.2
@@ -589,6 +590,19 @@ class VAL(nn.Module):
         self._check_text(tokens, lengths, "tokens", "lengths")
         return self.text_encoder(tokens, lengths)
 
+    @overload
+    def encode_image(self, images: Tensor, *, return_levels: Literal[False] = False) -> Tensor: ...
+
+    @overload
+    def encode_image(
+        self, images: Tensor, *, return_levels: Literal[True]
+    ) -> CompositionOutput: ...
+
+    @overload
+    def encode_image(
+        self, images: Tensor, *, return_levels: bool = False
+    ) -> Tensor | CompositionOutput: ...
+
     def encode_image(
         self, images: Tensor, *, return_levels: bool = False
     ) -> Tensor | CompositionOutput:
@@ -610,6 +624,50 @@ class VAL(nn.Module):
         check_images(images, "images")
         out = self._encode_targets(images)
         return out if return_levels else out.embedding
+
+    @overload
+    def compose(
+        self,
+        images: Tensor,
+        tokens: Tensor,
+        lengths: Tensor,
+        *,
+        return_levels: Literal[False] = False,
+        return_attention: Literal[False] = False,
+    ) -> Tensor: ...
+
+    @overload
+    def compose(
+        self,
+        images: Tensor,
+        tokens: Tensor,
+        lengths: Tensor,
+        *,
+        return_levels: Literal[True],
+        return_attention: bool = False,
+    ) -> CompositionOutput: ...
+
+    @overload
+    def compose(
+        self,
+        images: Tensor,
+        tokens: Tensor,
+        lengths: Tensor,
+        *,
+        return_levels: bool = False,
+        return_attention: Literal[True],
+    ) -> CompositionOutput: ...
+
+    @overload
+    def compose(
+        self,
+        images: Tensor,
+        tokens: Tensor,
+        lengths: Tensor,
+        *,
+        return_levels: bool = False,
+        return_attention: bool = False,
+    ) -> Tensor | CompositionOutput: ...
 
     def compose(
         self,
@@ -658,9 +716,7 @@ class VAL(nn.Module):
         Returns:
             ``(B, E)`` unit-norm query embeddings.
         """
-        out = self.compose(images, tokens, lengths)
-        assert isinstance(out, Tensor)
-        return out
+        return self.compose(images, tokens, lengths)
 
     def encode_side_info(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """Side information (tags, captions) in the visual-semantic space.
