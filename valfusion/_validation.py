@@ -37,6 +37,11 @@ def fmt_shape(x: Tensor | Sequence[int]) -> str:
     return "(" + ", ".join(str(s) for s in shape) + ")"
 
 
+def is_positive_int(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is a Python int ``>= 1`` (``bool`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _check_tensor(x: object, name: str) -> Tensor:
     if not isinstance(x, Tensor):
         raise ValueError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
@@ -104,11 +109,6 @@ def check_same_batch(a: Tensor, a_name: str, b: Tensor, b_name: str) -> None:
             f"{b_name}: batch size {b.shape[0]} (shape {fmt_shape(b)}) does not match "
             f"{a_name} batch size {a.shape[0]} (shape {fmt_shape(a)})"
         )
-
-
-def is_positive_int(value: object) -> TypeGuard[int]:
-    """Whether ``value`` is a Python int ``>= 1`` (``bool`` is not one)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def check_positive_int(value: object, name: str) -> int:

@@ -15,7 +15,6 @@ are read, before any training.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,7 +85,7 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: not UTF-8 text ({err.reason})") from err
 
 
-def read_lines(path: str | os.PathLike[str]) -> list[Record]:
+def read_lines(path: str | Path) -> list[Record]:
     """Read the non-blank lines of a text file, stripped.
 
     Args:
@@ -108,7 +107,7 @@ def read_lines(path: str | os.PathLike[str]) -> list[Record]:
     ]
 
 
-def read_jsonl(path: str | os.PathLike[str]) -> list[Record]:
+def read_jsonl(path: str | Path) -> list[Record]:
     """Read a JSON Lines file: one JSON object per non-blank line.
 
     Args:
@@ -190,7 +189,7 @@ def _with_lines(path: Path, text: str, open_char: str) -> list[Record]:
     return records
 
 
-def read_json_records(path: str | os.PathLike[str]) -> list[Record]:
+def read_json_records(path: str | Path) -> list[Record]:
     """Read a JSON document that is an array, keeping the line each element starts on.
 
     Args:
@@ -209,7 +208,7 @@ def read_json_records(path: str | os.PathLike[str]) -> list[Record]:
     return _with_lines(path, text, "[")
 
 
-def read_json_entries(path: str | os.PathLike[str]) -> list[Record]:
+def read_json_entries(path: str | Path) -> list[Record]:
     """Read a JSON document that is an object, keeping the line each entry starts on.
 
     Duplicate keys are all returned (``json.loads`` would silently keep the last one).

@@ -110,7 +110,7 @@ def read_fashioniq_tags(path: str | os.PathLike[str]) -> dict[str, str]:
         DataError: ``file:line`` of an entry that is not a list of lists of words.
     """
     tags: dict[str, str] = {}
-    for record in read_json_entries(path):
+    for record in read_json_entries(Path(path)):
         assert record.key is not None  # read_json_entries keys every record
         groups = record.value
         if not isinstance(groups, list) or not all(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -16,9 +16,7 @@ from valfusion.losses.triplet import BidirectionalTripletLoss
 
 __all__ = ["HierarchicalMatchingLoss", "HierarchicalMatchingOutput"]
 
-LossForm = Literal["softmax", "triplet"]
-"""The pairwise loss :class:`HierarchicalMatchingLoss` applies at each level."""
-FORMS: tuple[str, ...] = get_args(LossForm)
+FORMS = ("softmax", "triplet")
 
 
 @dataclass
@@ -105,7 +103,7 @@ class HierarchicalMatchingLoss(nn.Module):
 
     def __init__(
         self,
-        form: LossForm = "softmax",
+        form: Literal["softmax", "triplet"] = "softmax",
         level_weights: Sequence[float] | None = None,
         semantic_weight: float = 1.0,
         temperature: float = 0.1,

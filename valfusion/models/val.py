@@ -47,7 +47,6 @@ from valfusion.encoders import (
 )
 from valfusion.layers import COMPOSERS, CompositeAttention, MultiLevelComposer
 from valfusion.losses import HierarchicalMatchingLoss, HierarchicalMatchingOutput
-from valfusion.losses.hierarchical_matching import LossForm
 from valfusion.metrics._checks import check_finite
 from valfusion.metrics.ranking import chunk_scores, mask_excluded, prepare_gallery, topk_by_rule
 
@@ -118,7 +117,7 @@ class VALConfig:
     text_dropout: float = 0.1
     semantic_dim: int | None = None
     composer_kwargs: dict[str, Any] = field(default_factory=dict)
-    loss: LossForm = "softmax"
+    loss: Literal["softmax", "triplet"] = "softmax"
     temperature: float = 0.1
     learnable_temperature: bool = False
     margin: float = 0.2
