@@ -30,6 +30,7 @@ __all__ = [
     "check_size",
     "check_tokens",
     "fmt_shape",
+    "is_positive_int",
 ]
 
 
@@ -39,6 +40,11 @@ def fmt_shape(x: Tensor | Sequence[int]) -> str:
     if len(shape) == 1:
         return f"({shape[0]},)"
     return "(" + ", ".join(str(s) for s in shape) + ")"
+
+
+def is_positive_int(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is a Python int ``>= 1`` (``bool`` is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def _check_tensor(x: object, name: str) -> Tensor:
@@ -118,7 +124,7 @@ def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
 
 def check_positive_int(value: object, name: str) -> int:
     """Require a positive Python int (constructor arguments)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_positive_int(value):
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return value
 

@@ -143,25 +143,32 @@ def _load_document(path: Path) -> tuple[str, Any]:
         ) from err
 
 
+def _skip_whitespace(text: str, pos: int) -> int:
+    """The offset of the first non-whitespace character at or after ``pos``."""
+    match = _WHITESPACE.match(text, pos)
+    assert match is not None  # the pattern matches the empty string, so it always matches
+    return match.end()
+
+
 def _elements(text: str, open_char: str) -> Iterator[tuple[int, str | None, Any]]:
     """Yield ``(start offset, key or None, value)`` for each top-level element.
 
     Only called on text that ``json.loads`` accepted, so the structure is known to be valid.
     """
-    pos = _WHITESPACE.match(text, 0).end()
+    pos = _skip_whitespace(text, 0)
     close_char = "]" if open_char == "[" else "}"
-    pos = _WHITESPACE.match(text, pos + 1).end()
+    pos = _skip_whitespace(text, pos + 1)
     while text[pos] != close_char:
         start, key = pos, None
         if open_char == "{":
             key, pos = _DECODER.raw_decode(text, pos)
-            pos = _WHITESPACE.match(text, pos).end() + 1  # past the ':'
-            pos = _WHITESPACE.match(text, pos).end()
+            pos = _skip_whitespace(text, pos) + 1  # past the ':'
+            pos = _skip_whitespace(text, pos)
         value, pos = _DECODER.raw_decode(text, pos)
         yield start, key, value
-        pos = _WHITESPACE.match(text, pos).end()
+        pos = _skip_whitespace(text, pos)
         if text[pos] == ",":
-            pos = _WHITESPACE.match(text, pos + 1).end()
+            pos = _skip_whitespace(text, pos + 1)
 
 
 def _with_lines(path: Path, text: str, open_char: str) -> list[Record]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import random
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from valfusion.data._loader_args import check_root_and_splits
@@ -171,31 +172,30 @@ def load_fashion200k(
     images = ImageFiles(
         root if image_root is None else image_root, match="path", image_size=image_size
     )
-    common = {
-        "images": images,
-        "check_images": check_images,
-        "drop_missing_images": drop_missing_images,
-    }
+    build = partial(
+        build_split,
+        images=images,
+        check_images=check_images,
+        drop_missing_images=drop_missing_images,
+    )
     train = test = None
     if "train" in splits:
         captions, sources = _read_labels(root, "train")
-        train = build_split(
+        train = build(
             "train",
             _train_triplets(captions, sources, seed),
             origin=f"{root / 'labels'}/*_train_detect_all.txt (no two captions differ in one word)",
             side_info=captions,
-            **common,
         )
     if "test" in splits:
         captions, sources = _read_labels(root, "test")
         queries = root / "test_queries.txt"
-        test = build_split(
+        test = build(
             "test",
             _test_triplets(queries, captions),
             origin=str(queries),
             gallery=sources,
             side_info=captions,
-            **common,
         )
     return RetrievalData(
         name="fashion200k",

@@ -29,6 +29,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 from valfusion._validation import check_choice
@@ -110,8 +111,9 @@ def read_fashioniq_tags(path: str | os.PathLike[str]) -> dict[str, str]:
     Raises:
         DataError: ``file:line`` of an entry that is not a list of lists of words.
     """
-    tags = {}
-    for record in read_json_entries(path):
+    tags: dict[str, str] = {}
+    for record in read_json_entries(Path(path)):
+        assert record.key is not None  # read_json_entries keys every record
         groups = record.value
         if not isinstance(groups, list) or not all(
             isinstance(g, list) and all(isinstance(w, str) for w in g) for g in groups
@@ -185,11 +187,12 @@ def load_fashioniq(
     images = ImageFiles(
         root / "images" if image_root is None else image_root, match="stem", image_size=image_size
     )
-    common = {
-        "images": images,
-        "check_images": check_images,
-        "drop_missing_images": drop_missing_images,
-    }
+    build = partial(
+        build_split,
+        images=images,
+        check_images=check_images,
+        drop_missing_images=drop_missing_images,
+    )
 
     def side_info(split: str) -> dict[str, str]:  # the tags of every chosen category
         merged: dict[str, str] = {}
@@ -203,12 +206,11 @@ def load_fashioniq(
     if "train" in splits:
         paths = [root / "captions" / f"cap.{cat}.train.json" for cat in categories]
         triplets = [t for path in paths for t in _read_pairs(path, caption_mode, empty_captions)]
-        train = build_split(
+        train = build(
             "train",
             triplets,
             origin=", ".join(map(str, paths)),
             side_info=side_info("train"),
-            **common,
         )
 
     evaluation: dict[str, DataSplit] = {}
@@ -216,7 +218,7 @@ def load_fashioniq(
         tags = side_info(eval_split)
         for cat in categories:
             path = root / "captions" / f"cap.{cat}.{eval_split}.json"
-            gallery = None
+            gallery: dict[str, str] | None = None
             if protocol == "original":
                 split_file = root / "image_splits" / f"split.{cat}.{eval_split}.json"
                 gallery = {}
@@ -226,13 +228,12 @@ def load_fashioniq(
                             f"{record.source}: expected an ASIN string, got {record.value!r}"
                         )
                     gallery.setdefault(record.value, record.source)
-            evaluation[cat] = build_split(
+            evaluation[cat] = build(
                 cat,
                 _read_pairs(path, caption_mode, empty_captions),
                 origin=str(path),
                 gallery=gallery,
                 side_info=tags,
-                **common,
             )
     return RetrievalData(
         name=f"fashioniq-{category}",

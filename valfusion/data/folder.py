@@ -138,7 +138,7 @@ def load_folder(
         if not path.is_file():
             raise DataError(f"{path}: file not found (split {name!r} requested)")
         triplets = [_triplet(record) for record in read_jsonl(path)]
-        gallery = None
+        gallery: dict[str, str] | None = None
         if name == "test" and gallery_path.is_file():
             gallery = {}
             for line in read_lines(gallery_path):

@@ -21,13 +21,18 @@ import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import torch
 from einops import rearrange
 from torch import Tensor
 
+from valfusion._validation import is_positive_int
 from valfusion.data.errors import DataError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -102,18 +107,18 @@ def to_size(image_size: int | Sequence[int], name: str = "image_size") -> tuple[
         ValueError: anything else.
     """
     if isinstance(image_size, int):
-        size: tuple = (image_size, image_size)
+        size: tuple[object, ...] = (image_size, image_size)
     elif isinstance(image_size, Sequence) and not isinstance(image_size, str):
         size = tuple(image_size)
     else:
         size = ()
-    if len(size) != 2 or not all(
-        isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size
-    ):
-        raise ValueError(
-            f"{name}: expected a positive int or (H, W) of positive ints, got {image_size!r}"
-        )
-    return size  # type: ignore[return-value]
+    if len(size) == 2:
+        height, width = size
+        if is_positive_int(height) and is_positive_int(width):
+            return height, width
+    raise ValueError(
+        f"{name}: expected a positive int or (H, W) of positive ints, got {image_size!r}"
+    )
 
 
 def size_record(image_size: int | Sequence[int]) -> int | list[int]:
@@ -172,7 +177,8 @@ def denormalize(
     return (images * _stats(std, "std") + _stats(mean, "mean")).clamp(0.0, 1.0)
 
 
-def _pillow():
+def _pillow() -> ModuleType:
+    """``PIL.Image``, imported on first use (Pillow is the optional ``demo`` extra)."""
     try:
         from PIL import Image
     except ImportError as err:  # pragma: no cover - depends on the environment
@@ -195,7 +201,7 @@ def quiet_pillow_size_warnings() -> Iterator[None]:
         yield
 
 
-def open_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS):
+def open_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an image file completely into an RGB ``PIL.Image``, or say why it cannot be.
 
     The size in the header is checked against ``max_pixels`` before anything is decoded;

@@ -138,5 +138,6 @@ def load_source(spec: str, **options: Any) -> RetrievalData:
     if parsed.kind == "synthetic":
         return _synthetic(**options)
     if parsed.kind == "fashioniq":
+        assert parsed.path is not None and parsed.category is not None  # parse_source sets both
         return load_fashioniq(parsed.path, parsed.category, **options)
     return _LOADERS[parsed.kind](parsed.path, **options)

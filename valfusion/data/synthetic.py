@@ -296,7 +296,9 @@ class SyntheticBenchmark:
         split = {"train": self.train, "test": self.test}.get(image_id.split("/", 1)[0])
         if split is None or image_id not in split.images:
             raise KeyError(f"image_id: no synthetic image {image_id!r}")
-        return split.images.scene(image_id)  # type: ignore[attr-defined]
+        images = split.images
+        assert isinstance(images, SyntheticImages)  # _build gives every split one
+        return images.scene(image_id)
 
     def data(self, splits: Sequence[str] = ("train", "test")) -> RetrievalData:
         """The benchmark as :class:`RetrievalData` (protocol ``"synthetic"``).

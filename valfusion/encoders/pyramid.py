@@ -8,7 +8,13 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from valfusion._validation import check_floating, check_ndim, check_positive_int, check_size
+from valfusion._validation import (
+    check_floating,
+    check_ndim,
+    check_positive_int,
+    check_size,
+    is_positive_int,
+)
 
 __all__ = ["FeaturePyramid", "check_images"]
 
@@ -33,16 +39,18 @@ def check_images(images: object, name: str = "images") -> Tensor:
 
 def _image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(image_size, int):
-        size = (image_size, image_size)
+        size: tuple[object, ...] = (image_size, image_size)
     elif isinstance(image_size, Sequence):
         size = tuple(image_size)
     else:
         size = ()
-    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in size):
-        raise ValueError(
-            f"image_size: expected a positive int or a pair (H, W) of them, got {image_size!r}"
-        )
-    return size
+    if len(size) == 2:
+        height, width = size
+        if is_positive_int(height) and is_positive_int(width):
+            return height, width
+    raise ValueError(
+        f"image_size: expected a positive int or a pair (H, W) of them, got {image_size!r}"
+    )
 
 
 class FeaturePyramid(nn.Module, ABC):

@@ -105,10 +105,11 @@ class TimmPyramid(FeaturePyramid):
                 # timm reads a local file named in the pretrained config and skips any download.
                 kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(weights)}
             timm = _import_timm()
-            model = timm.create_model(
+            backbone: nn.Module = timm.create_model(
                 model, features_only=True, pretrained=weights is not None, **kwargs
             )
         elif isinstance(model, nn.Module):
+            backbone = model
             unused = {
                 "out_indices": out_indices,
                 "weights": weights,
@@ -124,22 +125,22 @@ class TimmPyramid(FeaturePyramid):
             raise ValueError(
                 f"model: expected a timm model name or an nn.Module, got {type(model).__name__}"
             )
-        channels = tuple(channels) if channels is not None else _feature_info(model, "channels")
+        channels = tuple(channels) if channels is not None else _feature_info(backbone, "channels")
         if channels is None:
             raise ValueError(
-                f"channels: {type(model).__name__} has no feature_info; pass channels= explicitly"
+                f"channels: {type(backbone).__name__} has no feature_info; pass channels= explicitly"
             )
         reductions = (
-            tuple(reductions) if reductions is not None else _feature_info(model, "reduction")
+            tuple(reductions) if reductions is not None else _feature_info(backbone, "reduction")
         )
         if reductions is None:
             raise ValueError(
-                f"reductions: {type(model).__name__} has no feature_info; pass reductions= explicitly"
+                f"reductions: {type(backbone).__name__} has no feature_info; pass reductions= explicitly"
             )
         super().__init__(channels, reductions)
-        self.model = model
+        self.model = backbone
         # timm's Format is a str enum, so it compares equal to its value.
-        self._nhwc = getattr(model, "output_fmt", "NCHW") == "NHWC"
+        self._nhwc = getattr(backbone, "output_fmt", "NCHW") == "NHWC"
 
     def forward_features(self, images: Tensor) -> list[Tensor]:
         """Run the backbone and return its maps as ``(B, C_l, H_l, W_l)``.

@@ -198,7 +198,7 @@ class Vocabulary:
             if max_tokens is not None and len(tokens) > max_tokens:
                 too_long += 1
                 longest = max(longest, len(tokens))
-        if too_long:
+        if max_tokens is not None and too_long:
             warnings.warn(
                 _truncation_message(too_long, total, longest, max_tokens), stacklevel=2
             )
@@ -306,7 +306,7 @@ class Vocabulary:
                 longest = max(longest, len(tokens))
                 tokens = tokens[:cap]
             rows.append([self.token_to_id(token) for token in tokens] or [self.unk_id])
-        if truncated:
+        if cap is not None and truncated:
             self.truncated_texts += truncated
             if max_length is None and not self._warned:  # an explicit max_length is no surprise
                 self._warned = True
@@ -400,7 +400,8 @@ class Vocabulary:
         tokens = data.get("tokens")
         if not isinstance(tokens, list):
             raise ValueError(f"data: expected 'tokens' to be a list, got {type(tokens).__name__}")
-        return cls(tokens, max_tokens=data.get("max_tokens", DEFAULT_MAX_TOKENS))
+        max_tokens = _check_max_tokens(data.get("max_tokens", DEFAULT_MAX_TOKENS), "max_tokens")
+        return cls(tokens, max_tokens=max_tokens)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the vocabulary as JSON, atomically.

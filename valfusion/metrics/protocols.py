@@ -62,7 +62,7 @@ class RetrievalSetup:
     targets: Tensor
     exclude: Tensor
     gallery_hash: str
-    missing: str = "error"
+    missing: Missing = "error"
 
     @property
     def gallery_size(self) -> int:

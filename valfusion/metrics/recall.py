@@ -239,7 +239,7 @@ def rank_queries(
         score, index, found = best_target(scores, chunk_targets(targets, start, stop), chunk_exclude)
         chunk_ranks = torch.full_like(index, -1)
         to_count = found
-        if lists is not None:
+        if lists is not None and width is not None:
             chunk_lists = topk_by_rule(scores, width)
             if chunk_exclude is not None and width == gallery_size:
                 # The excluded item (score -inf) can only be listed, last, when the list

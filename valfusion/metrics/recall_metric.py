@@ -170,6 +170,7 @@ class RecallAtK(Metric):
             queries.detach(), self._prepared_gallery(queries.device), target_source, exclude,
             topk=None, chunk_size=self.chunk_size,
         )
+        assert isinstance(self.ranks, list)  # a list of batches until compute() gathers them
         self.ranks.append(ranks)
 
     def compute(self) -> dict[str, Tensor]:
@@ -261,6 +262,7 @@ class RecallAtK(Metric):
         return dim_zero_cat(self.ranks).long()
 
     def _prepared_gallery(self, device: torch.device) -> PreparedGallery:
+        assert self.gallery is not None  # update() refuses to run without one
         gallery = self.gallery.to(device)
         # Identity check: a new tensor (set_gallery, .to(device)) invalidates the cached norms.
         if self._prepared is None or self._prepared.matrix is not gallery:

@@ -153,13 +153,15 @@ def as_padded_targets(
             )
         padded = targets.to(device=device, dtype=torch.long)
     elif isinstance(targets, Sequence) and not isinstance(targets, (str, bytes)):
-        rows = [[row] if _is_int(row) else row for row in targets]
-        for i, row in enumerate(rows):
+        rows: list[Sequence[object]] = []
+        for i, target in enumerate(targets):
+            row: object = [target] if _is_int(target) else target
             if not isinstance(row, Sequence) or not all(_is_int(t) for t in row):
                 raise ValueError(
                     f"targets: expected an int or a sequence of ints per query, got {row!r} "
                     f"for query {i}"
                 )
+            rows.append(row)
         width = max((len(row) for row in rows), default=0)
         padded = torch.full((len(rows), max(width, 1)), -1, dtype=torch.long)
         for i, row in enumerate(rows):
@@ -266,12 +268,11 @@ class LabelTargets:
 def _encode_labels(
     query_labels: Tensor | Sequence[Hashable], gallery_labels: Tensor | Sequence[Hashable]
 ) -> tuple[Tensor, Tensor]:
-    tensors = [isinstance(x, Tensor) for x in (query_labels, gallery_labels)]
-    if all(tensors):
+    if isinstance(query_labels, Tensor) and isinstance(gallery_labels, Tensor):
         check_int_tensor(query_labels, "query_labels")
         check_int_tensor(gallery_labels, "gallery_labels")
         return query_labels.long(), gallery_labels.long()
-    if any(tensors):
+    if isinstance(query_labels, Tensor) or isinstance(gallery_labels, Tensor):
         raise ValueError(
             "query_labels, gallery_labels: expected both integer tensors or both sequences of "
             f"hashable labels, got {type(query_labels).__name__} and {type(gallery_labels).__name__}"

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +118,7 @@ class VALConfig:
     text_dropout: float = 0.1
     semantic_dim: int | None = None
     composer_kwargs: dict[str, Any] = field(default_factory=dict)
-    loss: str = "softmax"
+    loss: Literal["softmax", "triplet"] = "softmax"
     temperature: float = 0.1
     learnable_temperature: bool = False
     margin: float = 0.2
@@ -567,6 +567,19 @@ class VAL(nn.Module):
         self._check_text(tokens, lengths, "tokens", "lengths")
         return self.text_encoder(tokens, lengths)
 
+    @overload
+    def encode_image(self, images: Tensor, *, return_levels: Literal[False] = False) -> Tensor: ...
+
+    @overload
+    def encode_image(
+        self, images: Tensor, *, return_levels: Literal[True]
+    ) -> CompositionOutput: ...
+
+    @overload
+    def encode_image(
+        self, images: Tensor, *, return_levels: bool = False
+    ) -> Tensor | CompositionOutput: ...
+
     def encode_image(
         self, images: Tensor, *, return_levels: bool = False
     ) -> Tensor | CompositionOutput:
@@ -588,6 +601,50 @@ class VAL(nn.Module):
         check_images(images, "images")
         out = self._encode_targets(images)
         return out if return_levels else out.embedding
+
+    @overload
+    def compose(
+        self,
+        images: Tensor,
+        tokens: Tensor,
+        lengths: Tensor,
+        *,
+        return_levels: Literal[False] = False,
+        return_attention: Literal[False] = False,
+    ) -> Tensor: ...
+
+    @overload
+    def compose(
+        self,
+        images: Tensor,
+        tokens: Tensor,
+        lengths: Tensor,
+        *,
+        return_levels: Literal[True],
+        return_attention: bool = False,
+    ) -> CompositionOutput: ...
+
+    @overload
+    def compose(
+        self,
+        images: Tensor,
+        tokens: Tensor,
+        lengths: Tensor,
+        *,
+        return_levels: bool = False,
+        return_attention: Literal[True],
+    ) -> CompositionOutput: ...
+
+    @overload
+    def compose(
+        self,
+        images: Tensor,
+        tokens: Tensor,
+        lengths: Tensor,
+        *,
+        return_levels: bool = False,
+        return_attention: bool = False,
+    ) -> Tensor | CompositionOutput: ...
 
     def compose(
         self,
@@ -636,9 +693,7 @@ class VAL(nn.Module):
         Returns:
             ``(B, E)`` unit-norm query embeddings.
         """
-        out = self.compose(images, tokens, lengths)
-        assert isinstance(out, Tensor)
-        return out
+        return self.compose(images, tokens, lengths)
 
     def encode_side_info(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """Side information (tags, captions) in the visual-semantic space.
