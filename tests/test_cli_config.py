@@ -218,7 +218,7 @@ def test_every_train_setting_documents_its_dataclass_default():
             else:
                 assert action.type(text) == default, action.dest
             checked.append(action.dest)
-    assert len(checked) == 23
+    assert len(checked) == 24
 
 
 def test_train_choices_are_the_registries():

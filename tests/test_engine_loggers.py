@@ -165,7 +165,7 @@ def test_logger_none_and_no_run_directory_write_no_log(data, tmp_path):
 def test_train_command_offers_exactly_the_configs_loggers():
     from valfusion.engine import LOGGERS
 
-    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"].populated()
     (action,) = [a for a in train_parser._actions if "--logger" in a.option_strings]
     assert tuple(action.choices) == LOGGERS
     assert TrainConfig().logger == "csv"

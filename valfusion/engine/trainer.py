@@ -756,7 +756,6 @@ def build_trainer(
             ``valfusion.engine.trainer`` logger). Its model
             configuration and vocabulary are used; the training configuration and the
             run identity must match it.
-        until: Stop after this step (a checkpoint is written; resume later).
         progress: As for :class:`Trainer`.
         identity: What the run trains on, as for :class:`Trainer`; pass
             ``RunIdentity.from_data(data, source=..., data_options=...)`` to record (and
