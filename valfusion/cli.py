@@ -114,7 +114,7 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def _composers():
+def _composers() -> tuple[str, ...]:
     from valfusion.layers import COMPOSERS
 
     return COMPOSERS
@@ -581,14 +581,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- parser
 
 
-def _add_device(parser: argparse.ArgumentParser) -> None:
+def _add_device(parser: argparse._ActionsContainer) -> None:
     parser.add_argument(
         "--device", default=None,
         help="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N' (default: auto)",
     )
 
 
-def _add_threads(parser: argparse.ArgumentParser, default: int | None = None, why: str = "") -> None:
+def _add_threads(parser: argparse._ActionsContainer, default: int | None = None, why: str = "") -> None:
     shown = "PyTorch's choice" if default is None else str(default)
     parser.add_argument(
         "--threads", type=_positive_int, default=default,

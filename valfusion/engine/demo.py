@@ -198,7 +198,7 @@ def _draw(
         ]
         if all(q.attention is not None for q in queries):
             pictures["attention"] = str(plot_attention_maps(queries, out / "attention_maps.png"))
-    shown = [c for c in ("val", "tirg") if c in models] or [next(iter(models))]
+    shown: list[str] = [c for c in ("val", "tirg") if c in models] or [next(iter(models))]
     rows = []
     targets = split.target_indices()
     for i in chosen:
@@ -334,7 +334,7 @@ def run_demo(
     started = time.perf_counter()
     log = log if log is not None else (lambda message: print(message, file=sys.stderr, flush=True))
     settings = settings if settings is not None else (DemoSettings.quick() if quick else DemoSettings())
-    settings = replace(settings, seed=seed, **({} if steps is None else {"steps": steps}))
+    settings = replace(settings, seed=seed, steps=settings.steps if steps is None else steps)
     composers = tuple(DEMO_COMPOSERS if composers is None else composers)
     unknown = [c for c in composers if c not in COMPOSERS]
     if unknown or not composers:
