@@ -76,6 +76,12 @@ def test_wrong_feature_size_for_official_configuration_is_rejected() -> None:
         block(torch.randn(2, C, 4, 5), torch.randn(2, D))
 
 
+def test_feature_size_of_wrong_length_is_rejected() -> None:
+    # A 3-tuple used to build a block that refused every input map.
+    with _raises("feature_size", "an int or (H, W)", "(4, 4, 4)"):
+        CompositeTransformer(C, D, feature_size=(4, 4, 4))
+
+
 def test_self_attention_input_with_wrong_channels_is_rejected() -> None:
     with _raises("x", "channels C = 8", "(1, 4, 2, 2)"):
         SelfAttentionalTransformation(C)(torch.randn(1, 4, 2, 2))

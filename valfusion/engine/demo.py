@@ -246,7 +246,7 @@ def _draw(
         ]
         if all(q.attention is not None for q in queries):
             pictures["attention"] = str(plot_attention_maps(queries, out / "attention_maps.png"))
-    shown = [c for c in ("val", "tirg") if c in models] or [next(iter(models))]
+    shown: list[str] = [c for c in ("val", "tirg") if c in models] or [next(iter(models))]
     rows = [_top_results_row(split, analyses[c], i, models[c], c) for i in chosen for c in shown]
     pictures["top_results"] = str(plot_top_results(
         rows, out / "top_results.png",
@@ -656,7 +656,7 @@ def run_demo(
     log = log if log is not None else logger.info
     seeds = _seed_list(seed)
     settings = settings if settings is not None else (DemoSettings.quick() if quick else DemoSettings())
-    settings = replace(settings, seed=seeds[0], **({} if steps is None else {"steps": steps}))
+    settings = replace(settings, seed=seeds[0], steps=settings.steps if steps is None else steps)
     composers = tuple(DEMO_COMPOSERS if composers is None else composers)
     unknown = [c for c in composers if c not in COMPOSERS]
     if unknown or not composers:

@@ -260,7 +260,7 @@ def plot_attention_maps(queries: Sequence[QueryPicture], path: str | os.PathLike
     figure = require_matplotlib()(figsize=(2.2 * columns, 2.5 * len(queries)), layout="constrained")
     axes = figure.subplots(len(queries), columns, squeeze=False)
     for row, query in enumerate(queries):
-        size = tuple(query.reference.shape[1:])
+        size = (query.reference.shape[1], query.reference.shape[2])  # reference: (3, H, W)
         axes[row][0].imshow(_as_pixels(query.reference))
         axes[row][0].set_title(_wrap(query.text), fontsize=7, parse_math=False)
         if query.target is not None:
@@ -269,7 +269,7 @@ def plot_attention_maps(queries: Sequence[QueryPicture], path: str | os.PathLike
         for level, attention in enumerate(query.attention or ()):
             axis = axes[row][2 + level]
             axis.imshow(_as_pixels(query.reference))
-            heat = spatial_attention(attention, size)  # type: ignore[arg-type]
+            heat = spatial_attention(attention, size)
             axis.imshow(heat.numpy(), cmap="magma", alpha=0.6)
             axis.set_title(f"joint attention, level {level + 1}\n({attention.shape[-2]}x{attention.shape[-1]})", fontsize=7)
         for axis in axes[row]:
@@ -328,7 +328,8 @@ def _top_results_figure(queries: Sequence[QueryPicture], title: str = "") -> Any
             axis = axes[row][1]
             if query.attention:
                 axis.imshow(_as_pixels(query.reference))
-                heat = spatial_attention(query.attention[0], tuple(query.reference.shape[1:]))
+                size = (query.reference.shape[1], query.reference.shape[2])  # (3, H, W)
+                heat = spatial_attention(query.attention[0], size)
                 axis.imshow(heat.numpy(), cmap="magma", alpha=0.6)
                 axis.set_title("joint attention\n(finest level)", fontsize=7)
             else:

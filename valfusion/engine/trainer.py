@@ -28,7 +28,7 @@ import os
 import signal
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -179,7 +179,8 @@ class _LossForward(nn.Module):
 def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     # Decay matrices and kernels only: decaying biases, norm scales and gains only shrinks
     # what normalisation already controls.
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for parameter in model.parameters():
         if parameter.requires_grad:
             (decay if parameter.ndim >= 2 else no_decay).append(parameter)
@@ -438,7 +439,7 @@ class Trainer:
         tokens, lengths = self.vocabulary.encode([s or "" for s in batch.side_info])
         return tokens.to(self.device), lengths.to(self.device)
 
-    def _batches(self) -> Iterator[TripletBatch]:
+    def _batches(self) -> Generator[TripletBatch, None, None]:
         """The batches from the current step on, epoch after epoch."""
         epoch, offset = divmod(self.step, self.batches_per_epoch)
         while True:
@@ -478,13 +479,13 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         else:
             total.backward()
-        norm = None
+        clipped = None
         if config.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+            clipped = torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
         # Before the optimiser step, so that the weights are still those of the last step.
         # (With fp16 the gradient scaler skips the steps whose gradients overflow, by design.)
         if self.scaler is None:
-            norm = float(norm if norm is not None else _gradient_norm(self.model))
+            norm = float(clipped if clipped is not None else _gradient_norm(self.model))
             if self._agree(int(not (math.isfinite(loss) and math.isfinite(norm))))[0]:
                 restore_rng_state(rng)
                 with torch.no_grad():

@@ -112,11 +112,13 @@ class CompositeTransformer(nn.Module):
         super().__init__()
         self.image_channels = check_positive_int(image_channels, "image_channels")
         self.text_channels = check_positive_int(text_channels, "text_channels")
+        self.feature_size: tuple[int, int] | None = None
         if feature_size is not None:
-            feature_size = tuple(
-                check_positive_int(side, "feature_size") for side in _pair(feature_size)
-            )
-        self.feature_size: tuple[int, int] | None = feature_size
+            sides = _pair(feature_size)
+            if len(sides) != 2:
+                raise ValueError(f"feature_size: expected an int or (H, W), got {feature_size!r}")
+            height, width = (check_positive_int(side, "feature_size") for side in sides)
+            self.feature_size = (height, width)
         self.fusion = TextImageFusion(
             image_channels,
             text_channels,

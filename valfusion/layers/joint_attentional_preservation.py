@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from valfusion._validation import check_positive_int, check_same_batch, check_size
+from valfusion.layers._autograd import AutogradContext
 from valfusion.layers._inputs import check_feature_map, weight_dtype
 from valfusion.layers.composite_attention import CompositeAttention
 from valfusion.layers.conv_norm_act import (
@@ -18,6 +21,17 @@ from valfusion.layers.conv_norm_act import (
 )
 
 __all__ = ["JointAttentionalPreservation", "gated_residual"]
+
+
+class _GatedProductContext(AutogradContext, Protocol):
+    bias_dtype: torch.dtype | None
+
+    @property
+    def saved_tensors(
+        self,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        # reference, channel_gate, spatial_gate, tokens, weight
+        ...
 
 
 class _GatedResidual(torch.autograd.Function):
@@ -36,8 +50,8 @@ class _GatedResidual(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: FunctionCtx,
+    def forward(
+        ctx: _GatedProductContext,
         reference: Tensor,
         channel_gate: Tensor,
         spatial_gate: Tensor,
@@ -79,8 +93,8 @@ class _GatedResidual(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(ctx: FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        reference, channel_gate, spatial_gate, tokens, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+    def backward(ctx: _GatedProductContext, grad: Tensor) -> tuple[Tensor | None, ...]:
+        reference, channel_gate, spatial_gate, tokens, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
         grad_r = grad_a = grad_s = grad_t = grad_w = grad_b = None
         # A token-major copy of an (e.g. NCHW) output gradient, if one is made, is ours to
@@ -104,8 +118,8 @@ class _GatedResidual(torch.autograd.Function):
                 torch.mm(grad2d, weight, out=grad_t.view(-1, tokens.shape[-1]))
             if need[4]:
                 grad_w = grad2d.t().mm(tokens.reshape(-1, tokens.shape[-1]))
-        if need[5] and ctx.bias_dtype is not None:  # type: ignore[attr-defined]
-            grad_b = grad.sum(dim=(0, 1)).to(ctx.bias_dtype)  # type: ignore[attr-defined]
+        if need[5] and ctx.bias_dtype is not None:
+            grad_b = grad.sum(dim=(0, 1)).to(ctx.bias_dtype)
         if need[1] or need[2]:
             if grad_copy is not None and grad_copy.stride() == reference.stride():
                 scratch = grad_copy.mul_(reference)

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from valfusion._validation import check_positive_int
+from valfusion.layers._autograd import AutogradContext
 from valfusion.layers._inputs import check_feature_map, weight_dtype
 from valfusion.layers.conv_norm_act import (
     ConvNormAct,
@@ -24,6 +25,14 @@ from valfusion.layers.conv_norm_act import (
 __all__ = ["HeadLayout", "SelfAttentionalTransformation"]
 
 HeadLayout = Literal["full", "grouped"]
+
+
+class _QKVProjectionContext(AutogradContext, Protocol):
+    has_bias: bool
+
+    @property
+    def saved_tensors(self) -> tuple[Tensor, Tensor]:  # x, weight
+        ...
 
 
 class _GroupedQKVProjection(torch.autograd.Function):
@@ -46,8 +55,8 @@ class _GroupedQKVProjection(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: FunctionCtx,
+    def forward(
+        ctx: _QKVProjectionContext,
         x: Tensor,
         weight: Tensor,
         bias: Tensor | None,
@@ -80,10 +89,10 @@ class _GroupedQKVProjection(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: FunctionCtx, *grads: Tensor | None
+    def backward(
+        ctx: _QKVProjectionContext, *grads: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        x, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        x, weight = ctx.saved_tensors
         tokens = x.shape[0] * x.shape[1]
         groups, rows, cin = weight.shape
         width = rows // 3
@@ -91,7 +100,7 @@ class _GroupedQKVProjection(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = x.new_empty(x.shape) if need_x else None
         grad_w = torch.empty_like(weight) if need_w else None
-        grad_b = weight.new_zeros(groups, rows) if (need_b and ctx.has_bias) else None  # type: ignore[attr-defined]
+        grad_b = weight.new_zeros(groups, rows) if (need_b and ctx.has_bias) else None
         grad_x_groups = None if grad_x is None else grad_x.view(tokens, groups, cin).transpose(0, 1)
         pooled = grads[3:] if len(grads) == 5 else (None, None)
         first = True
@@ -207,6 +216,7 @@ class SelfAttentionalTransformation(nn.Module):
         self.fused_attn = fused_attn
         group_in = channels // self.groups
         self.qkv_weight = nn.Parameter(torch.empty(self.groups, 3 * group_in, group_in))
+        self.qkv_bias: nn.Parameter | None
         if qkv_bias:
             self.qkv_bias = nn.Parameter(torch.empty(self.groups, 3 * group_in))
         else:
@@ -246,7 +256,8 @@ class SelfAttentionalTransformation(nn.Module):
             ``concat_i softmax(Q_i K_i^T / sqrt(d)) V_i`` (channels ordered ``(head, d)``);
             with ``pool=True`` the triple ``(heads, mean_n x (B, C), mean_c x (B, N))``.
         """
-        weight, bias = self.qkv_weight, self.qkv_bias
+        weight: Tensor = self.qkv_weight
+        bias: Tensor | None = self.qkv_bias
         dtype = autocast_dtype(x)
         if dtype is None:
             outs = _GroupedQKVProjection.apply(x, weight, bias, self.num_heads, pool)

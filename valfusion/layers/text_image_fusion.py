@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import itertools
+from typing import Literal, Protocol, overload
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.autograd.function import FunctionCtx, once_differentiable
+from torch.autograd.function import once_differentiable
 
 from valfusion._validation import check_positive_int
+from valfusion.layers._autograd import AutogradContext
 from valfusion.layers._inputs import check_composer_inputs
 from valfusion.layers.conv_norm_act import (
     ConvNormAct,
@@ -23,6 +25,12 @@ from valfusion.layers.conv_norm_act import (
 )
 
 __all__ = ["TextImageFusion"]
+
+
+class _TokenProjectionContext(AutogradContext, Protocol):
+    @property
+    def saved_tensors(self) -> tuple[Tensor, Tensor]:  # tokens, weight
+        ...
 
 
 class _TokenProjection(torch.autograd.Function):
@@ -40,8 +48,8 @@ class _TokenProjection(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(  # type: ignore[override]
-        ctx: FunctionCtx, tokens: Tensor, weight: Tensor, shift: Tensor
+    def forward(
+        ctx: _TokenProjectionContext, tokens: Tensor, weight: Tensor, shift: Tensor
     ) -> tuple[Tensor, Tensor]:
         if not is_channel_major(tokens):
             tokens = tokens.contiguous()
@@ -57,10 +65,10 @@ class _TokenProjection(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
-    def backward(  # type: ignore[override]
-        ctx: FunctionCtx, grad: Tensor | None, grad_tokens: Tensor | None
+    def backward(
+        ctx: _TokenProjectionContext, grad: Tensor | None, grad_tokens: Tensor | None
     ) -> tuple[Tensor | None, ...]:
-        tokens, weight = ctx.saved_tensors  # type: ignore[attr-defined]
+        tokens, weight = ctx.saved_tensors
         batch, n, channels = tokens.shape
         grad_r = grad_w = grad_u = None
         if grad is None:
@@ -179,6 +187,26 @@ class TextImageFusion(nn.Module):
         x = x + rearrange(F.linear(text_features, text_weight, conv.bias), "b c -> b c 1 1")
         x = self.fuse.act(self.fuse.norm(x))
         return self.mlp(x)
+
+    @overload
+    def forward_tokens(
+        self,
+        image_tokens: Tensor,
+        text_features: Tensor,
+        height: int,
+        *,
+        return_tokens: Literal[False] = False,
+    ) -> Tensor: ...
+
+    @overload
+    def forward_tokens(
+        self,
+        image_tokens: Tensor,
+        text_features: Tensor,
+        height: int,
+        *,
+        return_tokens: Literal[True],
+    ) -> tuple[Tensor, Tensor]: ...
 
     def forward_tokens(
         self,
