@@ -44,7 +44,7 @@ class _ConsoleHandler(logging.StreamHandler):
     caller that swaps ``sys.stderr`` (tests, ``contextlib.redirect_stderr``) gets it.
     """
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> TextIO:
         return sys.stderr
 

@@ -40,7 +40,7 @@ import subprocess
 import sys
 import traceback
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -80,9 +80,9 @@ class _Parser(argparse.ArgumentParser):
             add(self)
         return self
 
-    def parse_known_args(
-        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
-    ) -> tuple[argparse.Namespace, list[str]]:
+    def parse_known_args(  # typeshed's overloads are generic in the namespace's type
+        self, args: Iterable[str] | None = None, namespace: Any = None
+    ) -> tuple[Any, list[str]]:
         self.populated()
         return super().parse_known_args(args, namespace)
 
@@ -187,8 +187,9 @@ class _LoaderOption:
 
 def _file_value(action: argparse.Action, value: object) -> Any:
     """``value`` for ``action``'s option from a --config file, checked as the command line checks it."""
-    if hasattr(action.type, "from_file"):
-        return action.type.from_file(value)
+    from_file = getattr(action.type, "from_file", None)
+    if from_file is not None:
+        return from_file(value)
     if action.nargs == 0:  # a switch, such as --drop-missing-images
         if not isinstance(value, bool):
             raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")

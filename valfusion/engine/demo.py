@@ -417,7 +417,7 @@ def _count(stats: Mapping[str, Any] | None) -> str:
 
 def _columns(ks: Sequence[int]) -> list[tuple[str, tuple[str, ...]]]:
     """``(header, path into an entry)`` of the main table's columns."""
-    columns = [(f"R@{k}", (f"recall@{k}",)) for k in ks]
+    columns: list[tuple[str, tuple[str, ...]]] = [(f"R@{k}", (f"recall@{k}",)) for k in ks]
     columns += [
         (f"R@{k} {short}", ("by_location", group, f"recall@{k}")) for group, short in _LOCATIONS for k in ks[:2]
     ]

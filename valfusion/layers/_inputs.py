@@ -9,6 +9,9 @@ the dtype of the layer's weights, and the text that of the image, except under
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Protocol
+
 import torch
 from torch import Tensor, nn
 
@@ -24,7 +27,7 @@ from valfusion._validation import (
 WEIGHTS = "the layer's weights"
 
 
-def weight_dtype(module: nn.Module) -> torch.dtype | None:
+def weight_dtype(module: nn.Module | Composer) -> torch.dtype | None:
     """The dtype of ``module``'s first floating-point parameter (``None`` if it has none)."""
     return next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
 
@@ -97,8 +100,17 @@ def check_image_text(
     return image, text
 
 
+class Composer(Protocol):
+    """What :func:`check_composer_inputs` reads of a composition layer."""
+
+    image_channels: int
+    text_channels: int
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]: ...
+
+
 def check_composer_inputs(
-    composer: nn.Module, image: object, text: object, *, allow_pooled: bool = False
+    composer: Composer, image: object, text: object, *, allow_pooled: bool = False
 ) -> tuple[Tensor, Tensor]:
     """:func:`check_image_text` against a composer's ``image_channels``, ``text_channels``
     and weight dtype (a composer without weights, such as ``ImageOnly``, checks no dtype)."""
