@@ -18,6 +18,7 @@ __all__ = [
     "LayerFactory",
     "PointwiseConv2d",
     "autocast_dtype",
+    "compiling_without_convolutions",
     "is_channel_major",
     "is_channels_last",
     "like_memory_format",
@@ -50,8 +51,11 @@ def same_padding(kernel_size: int | tuple[int, int]) -> tuple[int, int, int, int
 def use_fused_kernels(x: Tensor) -> bool:
     """Whether the hand-written autograd functions of the eager fast path apply to ``x``.
 
-    Under :func:`torch.compile` the layers use the plain composition of ops instead: the
-    compiler fuses that itself, and it needs no ``out=`` products. An empty ``x`` (a batch
+    Under :func:`torch.compile` and :func:`torch.export` (hence the ONNX exporter) the
+    layers use the plain composition of ops instead: the compiler fuses that itself, and
+    it needs no ``out=`` products. So does the TorchScript tracer (:func:`torch.jit.trace`,
+    the legacy ONNX exporter), which would record an ``out=`` product without its write
+    into the buffer that the next op reads. An empty ``x`` (a batch
     of zero samples) takes the plain ops too, which handle zero-size tensors.
 
     Args:
@@ -60,7 +64,30 @@ def use_fused_kernels(x: Tensor) -> bool:
     Returns:
         ``True`` for a non-empty floating-point ``x`` in eager mode.
     """
-    return x.is_floating_point() and x.numel() > 0 and not torch.compiler.is_compiling()
+    return (
+        x.is_floating_point()
+        and x.numel() > 0
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+    )
+
+
+def compiling_without_convolutions() -> bool:
+    """Whether TorchDynamo is tracing: :func:`torch.compile` (and a strict
+    :func:`torch.export`), but not the default, non-strict export.
+
+    The convolutions then trace as matrix products (:func:`pointwise_conv`,
+    :class:`ConvNormAct`'s ``k x k`` conv). Inductor's CPU layout pass (PyTorch 2.14) makes
+    every convolution's input and output channels-last, also with dynamic shapes; for such
+    a tensor kept for backward it then either fails (``cannot determine truth value of
+    Relational`` in ``ir.get_stride_order``, for a view) or hands the backward graph its
+    concrete strides, which fixes the map size: every new size recompiles. An exported
+    graph keeps its convolutions (ONNX ``Conv``).
+
+    Returns:
+        ``True`` while TorchDynamo traces a forward.
+    """
+    return torch.compiler.is_dynamo_compiling()
 
 
 def autocast_dtype(x: Tensor) -> torch.dtype | None:
@@ -136,7 +163,8 @@ def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Ten
     On a ``1 x 1`` map (a pooled vector), and on a ``channels_last`` map (token-major
     memory), this is one matrix product, which BLAS runs several times faster than the
     convolution kernel; a ``channels_last`` input gives a ``channels_last`` output. Other
-    maps use the convolution.
+    maps use the convolution, except under :func:`torch.compile`
+    (see :func:`compiling_without_convolutions`).
 
     Args:
         x: ``(B, C_in, H, W)``.
@@ -149,8 +177,8 @@ def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Ten
     if x.shape[2] == 1 and x.shape[3] == 1:
         out = F.linear(rearrange(x, "b c 1 1 -> b c"), rearrange(weight, "o i 1 1 -> o i"), bias)
         return rearrange(out, "b c -> b c 1 1")
-    if is_channels_last(x):
-        tokens = rearrange(x, "b c y x -> b y x c")  # a view: the memory is token-major
+    if is_channels_last(x) or compiling_without_convolutions():
+        tokens = rearrange(x, "b c y x -> b y x c")  # a view (token-major if channels_last)
         out = F.linear(tokens, rearrange(weight, "o i 1 1 -> o i"), bias)
         return rearrange(out, "b y x c -> b c y x")
     return F.conv2d(x, weight, bias)
@@ -175,6 +203,27 @@ class PointwiseConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         """Apply the 1x1 conv to ``x`` of shape ``(B, C_in, H, W)``."""
         return pointwise_conv(x, self.weight, self.bias)
+
+
+class _Conv2d(nn.Conv2d):
+    """A :class:`torch.nn.Conv2d` (stride 1, one group) that :func:`torch.compile` traces as
+    im2col and a matrix product, ``y[b, o, n] = sum_{i, u, v} W[o, i, u, v] x[b, i, n + (u, v)]``
+    (see :func:`compiling_without_convolutions`). The columns hold ``C_in k_h k_w H W``
+    numbers per sample: ``49 H W`` for the one-channel spatial gate's default 7x7 kernel,
+    ``(H W)^2`` for the official whole-map kernel."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Convolve ``x`` of shape ``(B, C_in, H, W)``."""
+        if not compiling_without_convolutions():
+            return self._conv_forward(x, self.weight, self.bias)
+        if isinstance(self.padding, str):  # ConvNormAct always passes explicit sizes
+            raise TypeError(f"padding: expected explicit sizes, got {self.padding!r}")
+        (kh, kw), (ph, pw) = self.kernel_size, self.padding
+        columns = F.unfold(x, (kh, kw), padding=(ph, pw))
+        out = torch.matmul(rearrange(self.weight, "o i u v -> o (i u v)"), columns)
+        if self.bias is not None:
+            out = out + rearrange(self.bias, "o -> o 1")
+        return rearrange(out, "b o (y x) -> b o y x", y=x.shape[2] + 2 * ph - kh + 1)
 
 
 class ConvNormAct(nn.Module):
@@ -218,7 +267,7 @@ class ConvNormAct(nn.Module):
         if (kh, kw) == (1, 1):
             self.conv: nn.Conv2d = PointwiseConv2d(in_channels, out_channels, bias=bias)
         else:
-            self.conv = nn.Conv2d(
+            self.conv = _Conv2d(
                 in_channels,
                 out_channels,
                 (kh, kw),
