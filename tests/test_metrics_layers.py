@@ -15,13 +15,15 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "valfusion"
 
 # Each module of valfusion.metrics may import only the modules before it:
-# input checks -> data descriptions and kernels -> the functional Recall@K -> the Metric.
+# input checks -> data descriptions and kernels -> the functional Recall@K (and its
+# subset form) -> the Metric.
 METRICS_LAYERS = (
     "valfusion.metrics._checks",
     "valfusion.metrics.protocols",
     "valfusion.metrics.targets",
     "valfusion.metrics.ranking",
     "valfusion.metrics.recall",
+    "valfusion.metrics.subset",
     "valfusion.metrics.recall_metric",
 )
 

@@ -1,14 +1,15 @@
-"""valfusion.data: triplet sources (synthetic benchmark, generic folder, FashionIQ, Shoes, Fashion200k).
+"""valfusion.data: triplet sources (synthetic benchmark, generic folder, FashionIQ, Shoes, Fashion200k, CIRR).
 
 Every source loads onto :class:`RetrievalData`: a training :class:`DataSplit` and
 evaluation splits, each with its :class:`Triplet` list, gallery ids, image loader and
 side information. :func:`load_source` picks the loader from one string
 (``"synthetic"``, a folder, ``"fashioniq:DIR[:CATEGORY]"``, ``"shoes:DIR"``,
-``"fashion200k:DIR"``). Bad data raise :class:`DataError` naming ``file:line``: every
+``"fashion200k:DIR"``, ``"cirr:DIR"``). Bad data raise :class:`DataError` naming ``file:line``: every
 image is decoded before training (:func:`verify_images`, cached) and read only from
 inside its folder.
 """
 
+from valfusion.data.cirr import CIRR_EVAL_SPLITS, CirrSplit, load_cirr
 from valfusion.data.datasets import (
     GalleryDataset,
     QueryBatch,
@@ -45,12 +46,14 @@ from valfusion.data.verify import image_cache_dir, verify_images
 
 __all__ = [
     "CAPTION_MODES",
+    "CIRR_EVAL_SPLITS",
     "FASHIONIQ_CATEGORIES",
     "HELD_OUT_COMBINATIONS",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "MAX_IMAGE_PIXELS",
     "SOURCE_KINDS",
+    "CirrSplit",
     "DataError",
     "DataSplit",
     "Edit",
@@ -75,6 +78,7 @@ __all__ = [
     "collate_triplets",
     "denormalize",
     "image_cache_dir",
+    "load_cirr",
     "load_fashion200k",
     "load_fashioniq",
     "load_folder",

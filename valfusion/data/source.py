@@ -7,13 +7,15 @@ Grammar::
     fashioniq:DIR[:CATEGORY]        CATEGORY = dress | shirt | toptee | all (default: all)
     shoes:DIR
     fashion200k:DIR
+    cirr:DIR                        CIRR rc2 (option eval_split = val | test1)
 
 Options (keyword arguments of :func:`load_source`) go to the loader:
 :class:`~valfusion.data.synthetic.SyntheticBenchmark` (``num_train``, ``num_test``,
 ``num_distractors``, ``seed``, ``image_size``, ``compositional``, ``splits``),
 :func:`~valfusion.data.folder.load_folder`, :func:`~valfusion.data.fashioniq.load_fashioniq`
 (``protocol``, ``caption_mode``...), :func:`~valfusion.data.shoes.load_shoes`,
-:func:`~valfusion.data.fashion200k.load_fashion200k`.
+:func:`~valfusion.data.fashion200k.load_fashion200k`, :func:`~valfusion.data.cirr.load_cirr`
+(``eval_split``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from valfusion.data.cirr import load_cirr
 from valfusion.data.errors import DataError
 from valfusion.data.fashion200k import load_fashion200k
 from valfusion.data.fashioniq import FASHIONIQ_CATEGORIES, load_fashioniq
@@ -34,7 +37,7 @@ from valfusion.data.synthetic import SyntheticBenchmark
 
 __all__ = ["SOURCE_KINDS", "SourceSpec", "load_source", "parse_source"]
 
-SOURCE_KINDS: tuple[str, ...] = ("synthetic", "folder", "fashioniq", "shoes", "fashion200k")
+SOURCE_KINDS: tuple[str, ...] = ("synthetic", "folder", "fashioniq", "shoes", "fashion200k", "cirr")
 """The kinds of data source :func:`load_source` understands."""
 
 
@@ -84,7 +87,7 @@ def parse_source(spec: str) -> SourceSpec:
         return SourceSpec("folder", Path(spec))
     raise ValueError(
         f"source: {spec!r} is not a folder and not one of: synthetic, folder:DIR, "
-        "fashioniq:DIR[:dress|shirt|toptee|all], shoes:DIR, fashion200k:DIR"
+        "fashioniq:DIR[:dress|shirt|toptee|all], shoes:DIR, fashion200k:DIR, cirr:DIR"
     )
 
 
@@ -98,6 +101,7 @@ _LOADERS: dict[str, Callable[..., RetrievalData]] = {
     "fashioniq": load_fashioniq,
     "shoes": load_shoes,
     "fashion200k": load_fashion200k,
+    "cirr": load_cirr,
 }
 
 

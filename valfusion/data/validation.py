@@ -96,6 +96,7 @@ def build_split(
     side_info: Mapping[str, str] | None = None,
     check_images: bool = True,
     drop_missing_images: bool = False,
+    require_targets: bool = True,
 ) -> DataSplit:
     """Validate a split's triplets, images and gallery, and assemble the :class:`DataSplit`.
 
@@ -120,6 +121,8 @@ def build_split(
         drop_missing_images: drop triplets whose reference or every target is missing or
             unreadable (such targets among several correct ones are removed), remove such
             gallery images, print the counts; otherwise each one is listed in an error.
+        require_targets: every triplet needs a target (``False``: queries whose targets
+            are not public, such as CIRR's test1 split, keep an empty ``targets``).
 
     Returns:
         The validated split with ``dropped_triplets``, ``missing_images`` and
@@ -134,7 +137,7 @@ def build_split(
     if not triplets:
         raise DataError(f"{origin}: split {name!r} is empty (no triplets)")
     for triplet in triplets:
-        if not triplet.targets:
+        if require_targets and not triplet.targets:
             raise DataError(f"{triplet.source}: triplet has no target")
     derived_gallery = gallery is None
     gallery = dict(union_gallery(triplets) if gallery is None else gallery)
@@ -185,7 +188,7 @@ def build_split(
             kept = []
             for triplet in triplets:
                 targets = tuple(t for t in triplet.targets if t not in bad)
-                if triplet.reference in bad or not targets:
+                if triplet.reference in bad or (triplet.targets and not targets):
                     dropped += 1
                 elif len(targets) != len(triplet.targets):
                     kept.append(replace(triplet, targets=targets))

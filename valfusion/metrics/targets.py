@@ -127,6 +127,7 @@ def as_padded_targets(
     num_queries: int,
     gallery_size: int,
     device: torch.device,
+    name: str = "targets",
 ) -> Tensor:
     """Validate gallery-index targets and return them padded.
 
@@ -136,6 +137,7 @@ def as_padded_targets(
         num_queries: ``Q``.
         gallery_size: ``G``; every index must lie in ``[-1, G)``.
         device: where the result lives.
+        name: the argument's name in error messages.
 
     Returns:
         ``(Q, P)`` long tensor, ``-1`` padded (``P >= 1``).
@@ -144,12 +146,12 @@ def as_padded_targets(
         ValueError: wrong type, shape, length or an index out of range.
     """
     if isinstance(targets, Tensor):
-        check_int_tensor(targets, "targets")
+        check_int_tensor(targets, name)
         if targets.dim() == 1:
             targets = targets[:, None]
         elif targets.dim() != 2:
             raise ValueError(
-                f"targets: expected a (Q,) or (Q, P) integer tensor, got shape {fmt_shape(targets)}"
+                f"{name}: expected a (Q,) or (Q, P) integer tensor, got shape {fmt_shape(targets)}"
             )
         padded = targets.to(device=device, dtype=torch.long)
     elif isinstance(targets, Sequence) and not isinstance(targets, (str, bytes)):
@@ -158,7 +160,7 @@ def as_padded_targets(
             row: object = [target] if _is_int(target) else target
             if not isinstance(row, Sequence) or not all(_is_int(t) for t in row):
                 raise ValueError(
-                    f"targets: expected an int or a sequence of ints per query, got {row!r} "
+                    f"{name}: expected an int or a sequence of ints per query, got {row!r} "
                     f"for query {i}"
                 )
             rows.append(row)
@@ -169,14 +171,14 @@ def as_padded_targets(
         padded = padded.to(device)
     else:
         raise ValueError(
-            f"targets: expected a tensor or a sequence of gallery indices, got {type(targets).__name__}"
+            f"{name}: expected a tensor or a sequence of gallery indices, got {type(targets).__name__}"
         )
     if padded.shape[0] != num_queries:
         raise ValueError(
-            f"targets: expected one entry per query (Q = {num_queries}), got {padded.shape[0]} "
+            f"{name}: expected one entry per query (Q = {num_queries}), got {padded.shape[0]} "
             f"(shape {fmt_shape(padded)})"
         )
-    _check_range(padded, "targets", gallery_size)
+    _check_range(padded, name, gallery_size)
     return padded
 
 
