@@ -93,7 +93,7 @@ def test_top_k_over_the_gallery_matches_a_brute_force_sort(k):
     assert lists.shape == (len(queries), width)
     for i in range(len(queries)):
         ranking = _brute_ranking(queries[i], gallery, [j for j in range(len(gallery)) if j != exclude[i]])
-        padded = (ranking + [-1])[:width]  # the excluded item leaves one slot past the end
+        padded = [*ranking, -1][:width]  # the excluded item leaves one slot past the end
         assert lists[i].tolist() == padded
 
 

@@ -296,11 +296,11 @@ def _data_image_size(data: Any, requested: int | None) -> int:
 
 
 def _print_metrics(metrics: dict[str, Any], title: str) -> None:
-    ks = [key for key in metrics if key.startswith("recall@")]
+    ks = [key for key in metrics if key.startswith(("recall@", "recall_subset@"))]
     splits = metrics.get("splits", {})
     print(title)
     print(f"protocol: {metrics['protocol']}  (each query's reference image excluded)")
-    header = "split".ljust(12) + "".join(k.replace("recall@", "R@").rjust(8) for k in ks) + "queries".rjust(10) + "gallery".rjust(10)
+    header = "split".ljust(12) + "".join(k.replace("recall_subset@", "Rs@").replace("recall@", "R@").rjust(8) for k in ks) + "queries".rjust(10) + "gallery".rjust(10)
     print(header)
     rows = list(splits.items()) if len(splits) > 1 else []
     rows.append(("all" if len(splits) > 1 else next(iter(splits), "test"), metrics))
@@ -781,13 +781,32 @@ def _evaluation_file(spec: str, options: dict[str, Any]) -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from valfusion.engine import atomic_write_json, evaluate
+    from valfusion.data.source import parse_source
+    from valfusion.engine import atomic_write_json, evaluate, write_cirr_submission
 
     with _reading_input():
+        kind = parse_source(args.data).kind
+        for flag, value in (("--split", args.split), ("--submission", args.submission)):
+            if value is not None and kind != "cirr":
+                raise UsageError(f"{flag}: only for a CIRR source (cirr:DIR), got --data {args.data!r}")
+        if args.split == "test1" and args.submission is None:
+            raise UsageError(
+                "--split: CIRR's test1 split has no public targets, so no recall; add --submission OUT_DIR "
+                "to write the evaluation server's files"
+            )
         model = _load_model(args.run_dir, args.device)
         image_size = args.image_size or model.config.image_size
-        options = _source_options(args.data, args, image_size)
-        data = _load_data(args.data, args, ("test",), image_size)
+        split_option = {} if args.split is None else {"eval_split": args.split}
+        options = {**_source_options(args.data, args, image_size), **split_option}
+        data = _load_source(args.data, {**_data_options(args), **split_option}, ("test",), image_size)
+    if args.submission is not None:
+        written = write_cirr_submission(
+            model, data.test, args.submission, batch_size=args.batch_size, num_workers=args.num_workers
+        )
+        for metric, path in written.items():
+            print(f"submission ({metric}): {path}")
+        if not data.test.has_targets:
+            return 0
     metrics = evaluate(model, data, batch_size=args.batch_size, num_workers=args.num_workers)
     metrics["composer"] = model.config.composer
     metrics["source"] = args.data
@@ -979,8 +998,20 @@ def _add_inference_options(parser: argparse.ArgumentParser, *, workers: bool) ->
 
 
 def _evaluate_options(evaluate: argparse.ArgumentParser) -> None:
+    from valfusion.data.cirr import CIRR_EVAL_SPLITS
+
     evaluate.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `valfusion train` (or demo)")
     evaluate.add_argument("--data", required=True, metavar="SOURCE", help="the data source (as for train)")
+    evaluate.add_argument(
+        "--split", choices=CIRR_EVAL_SPLITS, default=None,
+        help="CIRR: the annotation split evaluated (default: val); test1 has no public targets and "
+        "needs --submission",
+    )
+    evaluate.add_argument(
+        "--submission", default=None, metavar="OUT_DIR",
+        help="CIRR: also write the evaluation server's files (<split>_pred_ranks_recall.json: top 50 "
+        "ids per pairid; <split>_pred_ranks_recall_subset.json: top 3) into OUT_DIR",
+    )
     _add_inference_options(evaluate, workers=True)
     _add_data_options(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)

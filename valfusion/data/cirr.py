@@ -213,7 +213,8 @@ def load_cirr(
     if "test" in splits:
         split_file = root / "image_splits" / f"split.{_RELEASE}.{eval_split}.json"
         captions = root / "captions" / f"cap.{_RELEASE}.{eval_split}.json"
-        paths = _read_image_split(split_file)
+        sources: dict[str, str] = {}
+        paths = _read_image_split(split_file, sources)
         with_targets = eval_split != "test1"
         triplets, queries = _read_queries(captions, paths, split_file, with_targets=with_targets, empty=empty)
         split = build_split(

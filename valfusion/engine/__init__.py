@@ -3,7 +3,8 @@
 - :class:`TrainConfig`: optimisation, schedule, precision, evaluation and checkpoint settings.
 - :class:`Trainer` / :func:`train`: AdamW + warm-up/cosine, gradient clipping, mixed
   precision, DistributedDataParallel under ``torchrun``, exact resume from checkpoints.
-- :func:`evaluate`: Recall@K on evaluation splits under their gallery protocol.
+- :func:`evaluate`: Recall@K on evaluation splits under their gallery protocol;
+  :func:`write_cirr_submission`: CIRR test-server files.
 - :class:`RunIdentity`: the data and settings a run trains on, checked on resume;
   :class:`TrainingStopped`: a run stopped by a signal, a non-finite loss or a data error,
   with its state saved.
@@ -34,6 +35,7 @@ from valfusion.engine.loggers import CSVLogger, MetricsLogger, TensorBoardLogger
 from valfusion.engine.sampler import ResumableSampler
 from valfusion.engine.schedule import WarmupCosine, warmup_cosine_scheduler
 from valfusion.engine.stopping import StopSignals, TrainingStopped
+from valfusion.engine.submission import CIRR_SUBMISSION_SIZES, write_cirr_submission
 from valfusion.engine.trainer import (
     CHECKPOINT_DIR,
     HISTORY_FILE,
@@ -52,6 +54,7 @@ from valfusion.engine.trainer import (
 __all__ = [
     "AMP_MODES",
     "CHECKPOINT_DIR",
+    "CIRR_SUBMISSION_SIZES",
     "HISTORY_FILE",
     "IDENTITY_FILE",
     "LOGGERS",
@@ -91,4 +94,5 @@ __all__ = [
     "save_checkpoint",
     "train",
     "warmup_cosine_scheduler",
+    "write_cirr_submission",
 ]

@@ -6,6 +6,11 @@ correct targets are gallery positions and its own reference image is excluded fr
 ranking. Under a process group the queries and the gallery are embedded in shards: the
 gallery shards are gathered, and :class:`~valfusion.metrics.RecallAtK` gathers the
 queries' ranks, so every process returns the same numbers.
+
+A CIRR split (:class:`~valfusion.data.cirr.CirrSplit`) is also scored by
+Recall_subset@{1, 2, 3} (:func:`~valfusion.metrics.recall_subset`: each query ranks
+only its ``img_set`` members, its reference removed), and its Recall@K cut-offs default
+to CIRR's (1, 5, 10, 50).
 """
 
 from __future__ import annotations
@@ -18,12 +23,19 @@ import torch.distributed as dist
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from valfusion.data.cirr import CirrSplit
 from valfusion.data.datasets import GalleryDataset, QueryDataset, collate_queries
 from valfusion.data.split import DataSplit, RetrievalData
-from valfusion.metrics import RecallAtK, gallery_hash, recall_at_k
+from valfusion.metrics import RecallAtK, gallery_hash, recall_at_k, recall_subset
 from valfusion.models import VAL
 
-__all__ = ["embed_images", "embed_split", "evaluate"]
+__all__ = ["CIRR_KS", "CIRR_SUBSET_KS", "embed_images", "embed_split", "evaluate"]
+
+DEFAULT_KS: tuple[int, ...] = (1, 10, 50)
+CIRR_KS: tuple[int, ...] = (1, 5, 10, 50)
+"""CIRR's Recall@K cut-offs (the default ``ks`` of a CIRR split)."""
+CIRR_SUBSET_KS: tuple[int, ...] = (1, 2, 3)
+"""CIRR's Recall_subset@K cut-offs."""
 
 
 def _world() -> tuple[int, int]:
@@ -114,12 +126,43 @@ def embed_split(
     return queries, gallery
 
 
+def _subset_indices(split: CirrSplit) -> list[list[int]]:
+    index = split.gallery_index
+    return [[index[m] for m in members] for members in split.members]
+
+
+def _subset_hits(
+    queries: Tensor, gallery: Tensor, split: CirrSplit, rows: Sequence[int], targets: list[list[int]],
+    exclude: list[int],
+) -> Tensor:
+    """Per cut-off of :data:`CIRR_SUBSET_KS`, how many of the queries ``rows`` hit, ``(3,)`` long."""
+    hits = torch.zeros(len(CIRR_SUBSET_KS), dtype=torch.long, device=gallery.device)
+    if not rows:
+        return hits
+    subsets = _subset_indices(split)
+    result = recall_subset(
+        queries, gallery, subsets=[subsets[i] for i in rows], targets=[targets[i][0] for i in rows],
+        exclude=[exclude[i] for i in rows], ks=CIRR_SUBSET_KS, missing="miss", return_topk=False,
+    )
+    for j, k in enumerate(CIRR_SUBSET_KS):
+        hits[j] = int(((result.ranks >= 0) & (result.ranks < k)).sum())
+    return hits
+
+
 def _evaluate_split(
-    model: VAL, split: DataSplit, ks: Sequence[int], batch_size: int, num_workers: int
+    model: VAL, split: DataSplit, ks: Sequence[int] | None, batch_size: int, num_workers: int
 ) -> dict[str, Any]:
     rank, world_size = _world()
+    is_cirr = isinstance(split, CirrSplit)
+    if isinstance(split, CirrSplit) and not split.has_targets:
+        raise ValueError(
+            f"data: CIRR split {split.name!r} has no public targets, so no recall; rank it for the "
+            "evaluation server with valfusion.engine.write_cirr_submission (valfusion evaluate --submission)"
+        )
+    ks = tuple(ks) if ks is not None else (CIRR_KS if is_cirr else DEFAULT_KS)
     targets = split.target_indices()
     exclude = split.reference_indices()
+    subset_recall: dict[str, float] = {}
     was_training = model.training
     model.eval()
     try:
@@ -130,6 +173,9 @@ def _evaluate_split(
             )
             recall = {f"recall@{k}": value for k, value in result.recall.items()}
             unanswerable = int((result.ranks < 0).sum())
+            if isinstance(split, CirrSplit):
+                hits = _subset_hits(queries, gallery, split, range(len(split)), targets, exclude)
+                subset_recall = {f"recall_subset@{k}": int(h) / len(split) for k, h in zip(CIRR_SUBSET_KS, hits)}
         else:
             mine = list(range(rank, len(split.gallery), world_size))
             local = embed_images(model, Subset(GalleryDataset(split), mine), batch_size, num_workers)
@@ -148,10 +194,16 @@ def _evaluate_split(
             misses = (local_ranks < 0).sum().reshape(1)
             dist.all_reduce(misses)
             unanswerable = int(misses)
+            if isinstance(split, CirrSplit):
+                mine_queries = embedded if queries_mine else gallery.new_empty(0, gallery.shape[1])
+                hits = _subset_hits(mine_queries, gallery, split, queries_mine, targets, exclude)
+                dist.all_reduce(hits)
+                subset_recall = {f"recall_subset@{k}": int(h) / len(split) for k, h in zip(CIRR_SUBSET_KS, hits)}
     finally:
         model.train(was_training)
     return {
         **recall,
+        **subset_recall,
         "num_queries": len(split),
         "gallery_size": len(split.gallery),
         "gallery_hash": gallery_hash(split.gallery),
@@ -165,7 +217,7 @@ def evaluate(
     model: VAL,
     data: RetrievalData | DataSplit,
     *,
-    ks: Sequence[int] = (1, 10, 50),
+    ks: Sequence[int] | None = None,
     batch_size: int = 256,
     protocol: str | None = None,
     num_workers: int = 0,
@@ -184,7 +236,7 @@ def evaluate(
             mode, its training mode is restored afterwards.
         data: A :class:`~valfusion.data.split.RetrievalData` (all its evaluation splits)
             or a single :class:`~valfusion.data.split.DataSplit`.
-        ks: Recall cut-offs.
+        ks: Recall cut-offs; default (1, 10, 50), and CIRR's (1, 5, 10, 50) on a CIRR split.
         batch_size: Images per forward pass.
         protocol: The gallery protocol's name to record for a bare ``DataSplit``
             (a ``RetrievalData`` names its own).
@@ -193,13 +245,15 @@ def evaluate(
     Returns:
         ``{"recall@K": float in [0, 1] for each K, "protocol", "num_queries",
         "gallery_size", "gallery_hash", "unanswerable_queries", "dropped_triplets",
-        "missing_images", "splits": {name: the same per split}}``, plus ``"data"`` and
+        "missing_images", "splits": {name: the same per split}}``, plus
+        ``"recall_subset@K"`` for K in (1, 2, 3) on a CIRR split, and ``"data"`` and
         ``"caption_mode"`` for a ``RetrievalData``. Totals (queries, gallery sizes,
         dropped) are summed over splits; ``gallery_hash`` hashes the union of the
         galleries' ``split/id`` names.
 
     Raises:
-        ValueError: If there is no evaluation split or the model has no vocabulary.
+        ValueError: If there is no evaluation split, the model has no vocabulary, or a
+            CIRR split has no targets (``test1``: see :func:`write_cirr_submission`).
     """
     if model.vocabulary is None:
         raise ValueError("model: needs a vocabulary to encode the queries' texts")
@@ -212,7 +266,7 @@ def evaluate(
         raise ValueError("data: has no evaluation split (load it with the 'test' split)")
     per_split = {name: _evaluate_split(model, split, ks, batch_size, num_workers) for name, split in splits.items()}
     first = next(iter(per_split.values()))
-    recall_keys = [key for key in first if key.startswith("recall@")]
+    recall_keys = [key for key in first if key.startswith(("recall@", "recall_subset@"))]
     metrics: dict[str, Any] = {
         key: sum(m[key] for m in per_split.values()) / len(per_split) for key in recall_keys
     }
