@@ -1069,7 +1069,7 @@ def build_parser() -> argparse.ArgumentParser:
         "metrics.json. Runs the same under `torchrun --nproc_per_node=N -m valfusion train ...` "
         "(DistributedDataParallel).\n\n"
         "SOURCE: synthetic | DIR (generic folder) | folder:DIR | fashioniq:DIR[:dress|shirt|toptee|all] "
-        "| shoes:DIR | fashion200k:DIR",
+        "| shoes:DIR | fashion200k:DIR | cirr:DIR",
     )
     commands.add_parser(
         "evaluate", help="Recall@K of a trained model on a data source", formatter_class=_Formatter,
@@ -1077,7 +1077,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate the model in RUN_DIR on the evaluation split(s) of SOURCE, print the table "
         "and write RUN_DIR/evaluations/<source>-<hash>.json (recall@1/10/50 as fractions, protocol, "
         "num_queries, gallery_size, gallery_hash, dropped counts, the source and its options): one file "
-        "per data source and options, so the training result RUN_DIR/metrics.json is never replaced.",
+        "per data source and options, so the training result RUN_DIR/metrics.json is never replaced. "
+        "CIRR (cirr:DIR): recall@1/5/10/50 and recall_subset@1/2/3 on val; --submission OUT_DIR writes "
+        "the test server's files (--split test1: only those).",
     )
     commands.add_parser(
         "search", help="one query: top results for an image and a text", formatter_class=_Formatter,

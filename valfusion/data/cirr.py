@@ -60,6 +60,14 @@ class CirrSplit(DataSplit):
     ``names`` maps them back to CIRR's image ids for results and submissions.
 
     Attributes:
+        name: the split's name (``"val"`` or ``"test1"``), as in :class:`DataSplit`.
+        triplets: the queries; ``targets`` is ``(target_hard,)``, empty in ``test1``.
+        gallery: the whole image split (ids are relative image paths).
+        images: the image loader (reads only inside the image folder).
+        side_info: none for CIRR (empty).
+        dropped_triplets: queries dropped for missing or unreadable images.
+        missing_images: image ids that could not be used.
+        unreadable_images: of those, files that exist but do not decode.
         pairids: CIRR's ``pairid`` of each triplet, in triplet order.
         members: each triplet's ``img_set.members`` as image ids of the split (6 each,
             reference and target among them), in triplet order.
