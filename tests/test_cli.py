@@ -122,7 +122,7 @@ def test_generic_folder_round_trips_through_train_and_evaluate(capsys, tmp_path)
     run_dir = tmp_path / "run"
     code, out, err = run(["train", "--data", str(folder), "--out", str(run_dir), *TINY], capsys)
     assert code == 0, err
-    assert (run_dir / "model.pt").is_file() and (run_dir / "checkpoints" / "step_0000003.pt").is_file()
+    assert (run_dir / "model.safetensors").is_file() and (run_dir / "checkpoints" / "step_0000003.pt").is_file()
     code, out, err = run(["evaluate", str(run_dir), "--data", str(folder)], capsys)
     assert code == 0, err
     metrics = evaluation_result(out)
@@ -167,7 +167,7 @@ def _train_error(folder: Path, tmp_path: Path, capsys) -> str:
     code, _, err = run(["train", "--data", str(folder), "--out", str(tmp_path / "run"), *TINY], capsys)
     assert code == 2
     assert err.count("\n") == 1 and "Traceback" not in err
-    assert not (tmp_path / "run" / "model.pt").exists()
+    assert not (tmp_path / "run" / "model.safetensors").exists()
     return err
 
 
@@ -255,12 +255,14 @@ def test_interrupted_cli_run_resumes_to_the_same_model(capsys, tmp_path):
     assert run(["train", "--data", str(folder), "--out", str(straight), *options], capsys)[0] == 0
     assert run(["train", "--data", str(folder), "--out", str(cut), *options], capsys)[0] == 0
     # Make `cut` look like a run killed between the checkpoints at steps 3 and 6.
-    for name in ("checkpoints/step_0000006.pt", "model.pt", "metrics.json"):
+    for name in ("checkpoints/step_0000006.pt", "model.safetensors", "metrics.json"):
         (cut / name).unlink()
     code, _, err = run(["train", "--data", str(folder), "--out", str(cut), "--resume", "--no-progress"], capsys)
     assert code == 0, err
-    expected = torch.load(straight / "model.pt", weights_only=True)
-    got = torch.load(cut / "model.pt", weights_only=True)
+    from safetensors.torch import load_file
+
+    expected = load_file(straight / "model.safetensors")
+    got = load_file(cut / "model.safetensors")
     assert [n for n in expected if not torch.equal(expected[n], got[n])] == []
 
 
@@ -366,29 +368,43 @@ class _MakesAFolder:
         return (os.mkdir, (self.path,))
 
 
-def _bad_weights(kind: str, run_dir: Path, marker: Path) -> None:
+def _bad_weights(kind: str, run_dir: Path, marker: Path) -> Path:
+    """Spoil the run's weights; ``legacy-*`` kinds replace model.safetensors by a model.pt."""
     import torch
+    from safetensors.torch import load_file, save_file
 
-    weights = run_dir / "model.pt"
+    weights = run_dir / "model.safetensors"
+    if kind.startswith("legacy-"):
+        torch.save(load_file(weights), run_dir / "model.pt")
+        weights.unlink()
+        weights, kind = run_dir / "model.pt", kind.removeprefix("legacy-")
     if kind == "truncated":
         weights.write_bytes(weights.read_bytes()[:1000])
     elif kind == "empty":
         weights.write_bytes(b"")
     elif kind == "crafted":
         torch.save({"backbone.stem.0.0.weight": _MakesAFolder(marker)}, weights)
-    else:  # weights of another model configuration
+    elif weights.suffix == ".pt":  # weights of another model configuration
         state = torch.load(weights, weights_only=True)
         state["text_encoder.embedding.weight"] = torch.zeros(3, 8)
         torch.save(state, weights)
+    else:
+        state = load_file(weights)
+        state["text_encoder.embedding.weight"] = torch.zeros(3, 8)
+        save_file(state, weights)
+    return weights
 
 
-@pytest.mark.parametrize("kind", ["truncated", "empty", "crafted", "mismatched"])
+@pytest.mark.parametrize(
+    "kind", ["truncated", "empty", "mismatched", "legacy-truncated", "legacy-empty", "legacy-crafted",
+             "legacy-mismatched"],
+)
 def test_evaluate_with_a_bad_model_file_is_one_line_naming_it(trained, capsys, tmp_path, kind):
     run_dir = copy_run(trained, tmp_path)
-    _bad_weights(kind, run_dir, tmp_path / "ran")
+    weights = _bad_weights(kind, run_dir, tmp_path / "ran")
     code, _, err = run(["evaluate", str(run_dir), "--data", str(trained[0])], capsys)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
-    assert str(run_dir / "model.pt") in err and "RUN_DIR" in err
+    assert str(weights) in err and "RUN_DIR" in err
     assert "weights_only" not in err
     assert not (tmp_path / "ran").exists()  # the crafted file's code never ran
 

@@ -97,8 +97,10 @@ def test_resolved_config_trains_the_same_run_again(capsys, tmp_path):
     assert code == 0, err
     for name in (TRAIN_CONFIG_FILE, IDENTITY_FILE, "config.json", RESOLVED_CONFIG_FILE):
         assert _saved(second, name) == _saved(first, name), name
-    expected = torch.load(first / "model.pt", weights_only=True)
-    got = torch.load(second / "model.pt", weights_only=True)
+    from safetensors.torch import load_file
+
+    expected = load_file(first / "model.safetensors")
+    got = load_file(second / "model.safetensors")
     assert [n for n in expected if not torch.equal(expected[n], got[n])] == []
 
 

@@ -283,10 +283,10 @@ def test_rank_in_the_ranking_file_is_where_the_first_target_is_in_its_top_result
 @pytest.mark.parametrize("which", ["two_seeds", "seed_two"])
 def test_no_checkpoint_duplicates_the_saved_model(which, request):
     out, _, _ = request.getfixturevalue(which)
-    models = sorted(out.glob("runs/**/model.pt"))
+    models = sorted(out.glob("runs/**/model.safetensors"))
     assert len(models) == 2 * (2 if which == "two_seeds" else 1)
     for model in models:
-        assert list(model.parent.rglob("*.pt")) == [model]
+        assert list(model.parent.rglob("*.pt")) == []
 
 
 @pytest.mark.slow

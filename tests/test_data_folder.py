@@ -347,4 +347,4 @@ def test_training_on_empty_captions_stops_before_training_with_exit_status_2(tmp
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert f"{folder / 'train.jsonl'}:1: 'text' is empty" in err
-    assert not (run_dir / "model.pt").exists()
+    assert not (run_dir / "model.safetensors").exists()

@@ -77,7 +77,7 @@ def test_the_ranks_actually_trained_away_from_the_initialisation(spawned):
 def test_only_rank_zero_writes_one_run_directory(spawned):
     run = spawned / "run"
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_0000006.pt"]
-    assert (run / "metrics.json").is_file() and (run / "model.pt").is_file()
+    assert (run / "metrics.json").is_file() and (run / "model.safetensors").is_file()
     assert not list(run.rglob("*.tmp"))
 
 

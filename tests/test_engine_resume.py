@@ -449,7 +449,9 @@ def _finish(process: subprocess.Popen, lines: list[str]) -> tuple[int, list[str]
 
 
 def _same_model_files(a: Path, b: Path) -> bool:
-    return _same(torch.load(a / "model.pt", weights_only=True), torch.load(b / "model.pt", weights_only=True))
+    from safetensors.torch import load_file
+
+    return _same(load_file(a / "model.safetensors"), load_file(b / "model.safetensors"))
 
 
 @pytest.mark.slow

@@ -92,7 +92,7 @@ def test_run_directory_holds_model_config_metrics_history_and_checkpoints(data, 
     config = tiny_config(steps=8, checkpoint_every=4, eval_every=4)
     train(data, config, tmp_path, progress=False)
     names = {p.name for p in tmp_path.iterdir()}
-    assert {"config.json", "model.pt", "vocabulary.json", "train_config.json", "metrics.json",
+    assert {"config.json", "model.safetensors", "vocabulary.json", "train_config.json", "metrics.json",
             "history.json", "checkpoints", "logs"} <= names
     assert [p.name for p in (tmp_path / "logs").iterdir()] == ["metrics.csv"]  # the default logger
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [

@@ -418,7 +418,9 @@ def test_save_pretrained_round_trip_gives_identical_outputs(tmp_path):
 def test_saved_weights_load_with_torch_load_weights_only(tmp_path):
     model = trained_one_step(tiny_model())
     model.save_pretrained(tmp_path)
-    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    from safetensors.torch import load_file
+
+    state = load_file(tmp_path / "model.safetensors")
     expected = model.state_dict()
     assert state.keys() == expected.keys()
     assert all(torch.equal(state[name], expected[name]) for name in expected)

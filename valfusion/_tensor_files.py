@@ -1,4 +1,4 @@
-"""The package's one reader of PyTorch files (weights, checkpoints): no code runs, one-line errors.
+"""The package's one reader of tensor files (weights, checkpoints): no code runs, one-line errors.
 
 Every ``.pt`` file valfusion opens goes through :func:`load_tensor_file`, which calls
 ``torch.load(weights_only=True)``: the unpickler builds tensors, numbers, strings, lists
@@ -10,6 +10,11 @@ file becomes one ``ValueError`` that names it:
 - unsafe (a pickle that would call or build something other than tensors): refused, with
   the name it asked for, and without PyTorch's advice to retry with
   ``weights_only=False`` (which would run that code).
+
+A model's weights may also be a ``.safetensors`` file (the format of the Hugging Face
+hub: a JSON header and raw tensor bytes, no pickle at all), read by
+:func:`load_safetensors_file` with the same kind of one-line errors. Reading one needs the
+optional ``safetensors`` package (the ``demo`` extra).
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["load_tensor_file"]
+__all__ = ["load_safetensors_file", "load_tensor_file", "safetensors_available"]
 
 # torch's weights-only unpickler reports a refused global as "... GLOBAL posix.system ...".
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
@@ -96,3 +102,58 @@ def _refusal(argument: str, path: Path, message: str) -> str:
         "valfusion loads only tensors, numbers, strings, lists and dicts, so that opening a "
         "file never runs code"
     )
+
+
+def safetensors_available() -> bool:
+    """Whether the optional ``safetensors`` package can be imported."""
+    try:
+        import safetensors.torch  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def load_safetensors_file(
+    path: str | os.PathLike[str], *, argument: str, map_location: str | torch.device = "cpu"
+) -> dict[str, Tensor]:
+    """``safetensors.torch.load`` of a file, with one-line errors that name the file.
+
+    A safetensors file is an 8-byte header length, a JSON header (name -> dtype, shape,
+    byte range) and the raw bytes: reading it never unpickles, so never runs code.
+
+    Args:
+        path: An existing file written by ``safetensors.torch.save``.
+        argument: The caller's argument the file came from, first word of every message.
+        map_location: Where to put the tensors.
+
+    Returns:
+        The state dict (name -> tensor).
+
+    Raises:
+        ValueError: The file is empty, truncated or corrupted, or the ``safetensors``
+            package needed to read it is not installed.
+    """
+    path = Path(path)
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise ValueError(
+            f"{argument}: {path} is a safetensors file and the safetensors package is not "
+            "installed (pip install safetensors, or valfusion[demo])"
+        ) from None
+    try:
+        data = path.read_bytes()
+    except OSError as error:
+        raise ValueError(f"{argument}: cannot read {path} ({_first_sentence(error)})") from error
+    if not data:
+        raise ValueError(f"{argument}: {path} is empty (0 bytes), not a safetensors file")
+    try:
+        state = safetensors.torch.load(data)
+    except Exception as error:
+        # SafetensorError (header too small/large, invalid header length, bad JSON) or
+        # the ValueError/RuntimeError torch raises for a byte range that does not fit.
+        raise ValueError(
+            f"{argument}: {path} is truncated or corrupted, not a safetensors file "
+            f"({_first_sentence(error)})"
+        ) from error
+    return {name: value.to(map_location) for name, value in state.items()}

@@ -744,12 +744,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _load_model(run_dir: str, device: str | None) -> Any:
     from valfusion.engine import resolve_device
     from valfusion.models import VAL
+    from valfusion.models.val import WEIGHTS_FILES
 
     path = Path(run_dir)
     if not path.is_dir():
         raise UsageError(f"RUN_DIR: {path} is not a folder")
-    if not (path / "config.json").is_file() or not (path / "model.pt").is_file():
-        raise UsageError(f"RUN_DIR: {path} has no trained model (config.json, model.pt); did training finish?")
+    if not (path / "config.json").is_file() or not any((path / name).is_file() for name in WEIGHTS_FILES):
+        raise UsageError(
+            f"RUN_DIR: {path} has no trained model (config.json, {' or '.join(WEIGHTS_FILES)}); did training finish?"
+        )
     try:
         model = VAL.from_pretrained(path)
     except ValueError as error:
@@ -1064,7 +1067,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser(
         "train", help="train a model on a data source", formatter_class=_Formatter, add_arguments=_train_options,
-        description="Train one composer on SOURCE and write RUN_DIR: the model (config.json, model.pt, "
+        description="Train one composer on SOURCE and write RUN_DIR: the model (config.json, model.safetensors, "
         f"vocabulary.json), train_config.json, {RESOLVED_CONFIG_FILE}, checkpoints/, history.json and "
         "metrics.json. Runs the same under `torchrun --nproc_per_node=N -m valfusion train ...` "
         "(DistributedDataParallel).\n\n"

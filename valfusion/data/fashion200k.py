@@ -26,7 +26,7 @@ from pathlib import Path
 from valfusion.data._loader_args import check_root_and_splits
 from valfusion.data.annotations import read_lines
 from valfusion.data.errors import DataError
-from valfusion.data.images import ImageFiles, size_record
+from valfusion.data.images import ImageFiles, ImageTransform, ResizeMode, size_record
 from valfusion.data.split import RetrievalData
 from valfusion.data.triplet import Triplet
 from valfusion.data.validation import build_split
@@ -143,6 +143,8 @@ def load_fashion200k(
     seed: int = 0,
     image_root: str | os.PathLike[str] | None = None,
     image_size: int | Sequence[int] = 224,
+    resize: ResizeMode = "stretch",
+    transform: ImageTransform | None = None,
     check_images: bool = True,
     drop_missing_images: bool = False,
 ) -> RetrievalData:
@@ -156,6 +158,12 @@ def load_fashion200k(
             Images are read only from inside it (``..`` climbing out, or a symbolic link
             out of it, is refused).
         image_size: images are resized to this (int or ``(H, W)``): tensors ``(3, H, W)``.
+        resize: ``"stretch"`` (default) or ``"pad"`` (aspect ratio kept, padded with the
+            normalisation mean colour), see :data:`~valfusion.data.RESIZE_MODES`.
+        transform: ``PIL.Image -> (3, H, W)`` float tensor used instead of the default
+            resize and normalisation, e.g. a ``torchvision.transforms.v2.Compose``; its
+            output must have ``image_size`` (:data:`~valfusion.data.ImageTransform`). It is
+            not recorded in the data's ``info``.
         check_images: decode every image before returning.
         drop_missing_images: drop triplets whose images are missing or unreadable instead
             of raising.
@@ -170,7 +178,8 @@ def load_fashion200k(
     """
     root = check_root_and_splits(root, splits)
     images = ImageFiles(
-        root if image_root is None else image_root, match="path", image_size=image_size
+        root if image_root is None else image_root, match="path", image_size=image_size,
+        resize=resize, transform=transform,
     )
     build = partial(
         build_split,
@@ -202,5 +211,5 @@ def load_fashion200k(
         train=train,
         evaluation={"test": test} if test is not None else {},
         protocol="original",
-        info={"seed": seed, "image_size": size_record(image_size)},
+        info={"seed": seed, "image_size": size_record(image_size), **({} if resize == "stretch" else {"resize": resize})},
     )

@@ -36,7 +36,7 @@ from valfusion._validation import check_choice
 from valfusion.data._loader_args import check_root_and_splits
 from valfusion.data.annotations import read_json_entries, read_json_records
 from valfusion.data.errors import DataError
-from valfusion.data.images import ImageFiles, size_record
+from valfusion.data.images import ImageFiles, ImageTransform, ResizeMode, size_record
 from valfusion.data.split import DataSplit, RetrievalData
 from valfusion.data.triplet import Triplet
 from valfusion.data.validation import build_split
@@ -143,6 +143,8 @@ def load_fashioniq(
     eval_split: str = "val",
     image_root: str | os.PathLike[str] | None = None,
     image_size: int | Sequence[int] = 224,
+    resize: ResizeMode = "stretch",
+    transform: ImageTransform | None = None,
     check_images: bool = True,
     drop_missing_images: bool = False,
 ) -> RetrievalData:
@@ -165,6 +167,12 @@ def load_fashioniq(
         image_root: folder of ``<ASIN>.<ext>`` images; default ``root/images``. Images are
             read only from inside it (a symbolic link out of it is refused).
         image_size: images are resized to this (int or ``(H, W)``): tensors ``(3, H, W)``.
+        resize: ``"stretch"`` (default) or ``"pad"`` (aspect ratio kept, padded with the
+            normalisation mean colour), see :data:`~valfusion.data.RESIZE_MODES`.
+        transform: ``PIL.Image -> (3, H, W)`` float tensor used instead of the default
+            resize and normalisation, e.g. a ``torchvision.transforms.v2.Compose``; its
+            output must have ``image_size`` (:data:`~valfusion.data.ImageTransform`). It is
+            not recorded in the data's ``info``.
         check_images: decode every image before returning (``False``: annotations only).
         drop_missing_images: drop triplets whose images are missing (dead links) or
             unreadable instead of raising; counts printed and recorded.
@@ -185,7 +193,8 @@ def load_fashioniq(
     root = check_root_and_splits(root, splits)
     categories = FASHIONIQ_CATEGORIES if category == "all" else (category,)
     images = ImageFiles(
-        root / "images" if image_root is None else image_root, match="stem", image_size=image_size
+        root / "images" if image_root is None else image_root, match="stem", image_size=image_size,
+        resize=resize, transform=transform,
     )
     build = partial(
         build_split,
@@ -244,7 +253,7 @@ def load_fashioniq(
         info={
             "category": category,
             "eval_split": eval_split,
-            "image_size": size_record(image_size),
+            "image_size": size_record(image_size), **({} if resize == "stretch" else {"resize": resize}),
             "empty_captions_dropped": len(empty_captions),
         },
     )

@@ -40,7 +40,7 @@ from valfusion.data.annotations import (
     read_lines,
 )
 from valfusion.data.errors import DataError
-from valfusion.data.images import ImageFiles, size_record
+from valfusion.data.images import ImageFiles, ImageTransform, ResizeMode, size_record
 from valfusion.data.split import DataSplit, RetrievalData
 from valfusion.data.triplet import Triplet
 from valfusion.data.validation import build_split
@@ -102,6 +102,8 @@ def load_folder(
     *,
     splits: Sequence[str] = ("train", "test"),
     image_size: int | Sequence[int] = 224,
+    resize: ResizeMode = "stretch",
+    transform: ImageTransform | None = None,
     check_images: bool = True,
     drop_missing_images: bool = False,
 ) -> RetrievalData:
@@ -111,6 +113,12 @@ def load_folder(
         directory: the folder ``DIR``.
         splits: which of ``"train"`` and ``"test"`` to load (each needs its ``.jsonl``).
         image_size: images are resized to this (int or ``(H, W)``): tensors ``(3, H, W)``.
+        resize: ``"stretch"`` (default) or ``"pad"`` (aspect ratio kept, padded with the
+            normalisation mean colour), see :data:`~valfusion.data.RESIZE_MODES`.
+        transform: ``PIL.Image -> (3, H, W)`` float tensor used instead of the default
+            resize and normalisation, e.g. a ``torchvision.transforms.v2.Compose``; its
+            output must have ``image_size`` (:data:`~valfusion.data.ImageTransform`). It is
+            not recorded in the data's ``info``.
         check_images: decode every image before returning (in threads, cached: see
             :func:`~valfusion.data.verify_images`).
         drop_missing_images: drop triplets whose images are missing or unreadable instead
@@ -127,7 +135,7 @@ def load_folder(
             the gallery.
     """
     directory = check_root_and_splits(directory, splits)
-    images = ImageFiles(directory, match="path", image_size=image_size)
+    images = ImageFiles(directory, match="path", image_size=image_size, resize=resize, transform=transform)
     side_path = directory / "side_info.json"
     side_info = _side_info(side_path) if side_path.is_file() else {}
     gallery_path = directory / "gallery.txt"
@@ -158,7 +166,7 @@ def load_folder(
         train=loaded.get("train"),
         evaluation={"test": loaded["test"]} if "test" in loaded else {},
         protocol="gallery.txt" if gallery_path.is_file() else "val",
-        info={"image_size": size_record(image_size)},
+        info={"image_size": size_record(image_size), **({} if resize == "stretch" else {"resize": resize})},
     )
 
 

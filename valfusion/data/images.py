@@ -7,6 +7,11 @@ see :mod:`valfusion.data.verify`). :class:`ImageFiles` reads files with
 Pillow (the ``demo`` extra, imported only when an image is actually read); the
 synthetic benchmark renders in memory.
 
+Every file read here becomes a tensor in one of two ways: the default pipeline (resize
+to ``image_size``, stretched or padded to keep the aspect ratio, see :data:`RESIZE_MODES`,
+then normalise) or a ``transform`` the user passes (any callable from ``PIL.Image`` to a
+``(3, H, W)`` float tensor, e.g. a ``torchvision.transforms.v2.Compose``).
+
 Two limits hold for every file read here: an image larger than
 :data:`MAX_IMAGE_PIXELS` (``width * height``) is refused before its pixels are decoded,
 and :class:`ImageFiles` reads only files that lie inside its root folder once every
@@ -18,7 +23,7 @@ from __future__ import annotations
 import os
 import stat
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -39,8 +44,11 @@ __all__ = [
     "IMAGENET_STD",
     "IMAGE_SUFFIXES",
     "MAX_IMAGE_PIXELS",
+    "RESIZE_MODES",
     "ImageFiles",
     "ImageLoader",
+    "ImageTransform",
+    "ResizeMode",
     "denormalize",
     "load_image",
     "normalize",
@@ -74,6 +82,24 @@ and would otherwise exhaust memory. This is below Pillow's own limit, so Pillow'
 ``DecompressionBombWarning``/``DecompressionBombError`` never reach the user.
 Pass ``max_pixels`` to :func:`load_image` or :class:`ImageFiles` to change it.
 """
+
+ResizeMode = Literal["stretch", "pad"]
+RESIZE_MODES: tuple[str, ...] = ("stretch", "pad")
+"""How the default pipeline fits an image to ``image_size = (H, W)``.
+
+- ``"stretch"`` (default): resized to exactly ``(H, W)``; the aspect ratio changes unless
+  it already matches.
+- ``"pad"``: scaled by ``s = min(H / h, W / w)`` to ``(round(s h), round(s w))``, which
+  keeps the aspect ratio, and centred on an ``(H, W)`` canvas of the normalisation mean
+  colour: padded pixels are exactly 0 after normalisation (zeros in the tensor, the mean
+  colour in the picture), so they carry no signal.
+"""
+
+ImageTransform = Callable[["Image.Image"], Tensor]
+"""A user's image pipeline: an RGB ``PIL.Image`` in, a float tensor ``(3, H, W)`` out
+(``H, W`` the loader's ``image_size``), used instead of the default resize and
+normalisation. A ``torchvision.transforms.v2.Compose([ToImage(), ToDtype(torch.float32,
+scale=True), Resize((H, W)), Normalize(mean, std)])`` is one."""
 
 
 @runtime_checkable
@@ -246,17 +272,81 @@ def open_rgb(path: str | os.PathLike[str], max_pixels: int = MAX_IMAGE_PIXELS) -
         raise DataError(f"{path}: cannot read image ({reason})") from err
 
 
+def _check_resize(resize: object) -> ResizeMode:
+    """``resize`` if it is one of :data:`RESIZE_MODES`, else a ``ValueError`` naming it.
+
+    Args:
+        resize: the argument to check.
+
+    Returns:
+        ``"stretch"`` or ``"pad"``.
+    """
+    if resize == "stretch" or resize == "pad":
+        return resize
+    raise ValueError(f"resize: expected 'stretch' or 'pad', got {resize!r}")
+
+
+def _check_transform(transform: object) -> ImageTransform | None:
+    """``transform`` if it is ``None`` or callable, else a ``ValueError`` naming it.
+
+    Args:
+        transform: the argument to check.
+
+    Returns:
+        The transform.
+    """
+    if transform is None or callable(transform):
+        return transform
+    raise ValueError(
+        f"transform: expected a callable PIL.Image -> (3, H, W) float tensor or None, "
+        f"got {type(transform).__name__}"
+    )
+
+
+def _pixels(rgb: Image.Image) -> Tensor:
+    """An RGB ``PIL.Image`` of size ``(w, h)`` as floats in ``[0, 1]``, ``(3, h, w)``."""
+    width, height = rgb.size
+    pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
+    return rearrange(pixels, "(h w c) -> c h w", h=height, w=width, c=3).float() / 255.0
+
+
+def _transformed(
+    rgb: Image.Image, transform: ImageTransform, size: tuple[int, int], path: object
+) -> Tensor:
+    """``transform(rgb)``, checked to be a float tensor ``(3, H, W)`` of the loader's size."""
+    image = transform(rgb)
+    expected = f"a float tensor (3, {size[0]}, {size[1]}) (image_size)"
+    if not isinstance(image, Tensor):
+        raise ValueError(
+            f"transform: expected it to return {expected}, got {type(image).__name__} for {path}"
+        )
+    if not image.is_floating_point() or tuple(image.shape) != (3, *size):
+        raise ValueError(
+            f"transform: expected it to return {expected}, got a {image.dtype} tensor of "
+            f"shape {tuple(image.shape)} for {path}"
+        )
+    # torchvision's v2 transforms return a tv_tensors.Image: hand on a plain tensor.
+    return image.as_subclass(Tensor)
+
+
 def load_image(
     path: str | os.PathLike[str],
     image_size: int | Sequence[int] = 224,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    *,
+    resize: ResizeMode = "stretch",
+    transform: ImageTransform | None = None,
 ) -> Tensor:
-    """Read an image file with Pillow, resize it and normalise it.
+    """Read an image file with Pillow, resize it and normalise it (or apply ``transform``).
 
-    Any format Pillow reads; converted to RGB, resized (bilinear, aspect ratio not
-    kept) to ``image_size``, scaled to ``[0, 1]`` and normalised with ``mean``/``std``.
+    Any format Pillow reads, converted to RGB. By default it is resized (bilinear) to
+    ``image_size``, stretched or padded to keep the aspect ratio (``resize``, see
+    :data:`RESIZE_MODES`), scaled to ``[0, 1]`` and normalised with ``mean``/``std``.
+    With ``transform``, the RGB ``PIL.Image`` goes to ``transform`` instead, whose output
+    must be a float tensor ``(3, H, W)`` of ``image_size`` (``resize``, ``mean`` and
+    ``std`` are then unused).
 
     Args:
         path: the image file.
@@ -264,21 +354,42 @@ def load_image(
         mean: per-channel mean used to normalise.
         std: per-channel standard deviation used to normalise.
         max_pixels: largest ``width * height`` read (:data:`MAX_IMAGE_PIXELS`).
+        resize: ``"stretch"`` (default) or ``"pad"`` (aspect ratio kept, padded with the
+            mean colour: zeros after normalisation).
+        transform: ``PIL.Image -> (3, H, W)`` float tensor, used instead of the default
+            pipeline (:data:`ImageTransform`).
 
     Returns:
-        Float32 tensor ``(3, H, W)``.
+        Float tensor ``(3, H, W)`` (float32 from the default pipeline).
 
     Raises:
         DataError: the file is missing, Pillow cannot read it, or it is larger than
             ``max_pixels``.
+        ValueError: ``resize`` or ``transform`` is not valid, or ``transform`` returned
+            something other than a float tensor ``(3, H, W)`` of ``image_size``.
         ImportError: Pillow is not installed (the ``demo`` extra).
     """
     height, width = to_size(image_size)
+    resize = _check_resize(resize)
+    transform = _check_transform(transform)
     with quiet_pillow_size_warnings():
-        rgb = open_rgb(path, max_pixels).resize((width, height), _pillow().Resampling.BILINEAR)
-    pixels = torch.frombuffer(bytearray(rgb.tobytes()), dtype=torch.uint8)
-    pixels = rearrange(pixels, "(h w c) -> c h w", h=height, w=width, c=3)
-    return normalize(pixels.float() / 255.0, mean, std)
+        rgb = open_rgb(path, max_pixels)
+    if transform is not None:
+        return _transformed(rgb, transform, (height, width), path)
+    if resize == "stretch":
+        return normalize(
+            _pixels(rgb.resize((width, height), _pillow().Resampling.BILINEAR)), mean, std
+        )
+    scale = min(height / rgb.height, width / rgb.width)
+    inner_h = min(height, max(1, round(rgb.height * scale)))
+    inner_w = min(width, max(1, round(rgb.width * scale)))
+    inner = normalize(
+        _pixels(rgb.resize((inner_w, inner_h), _pillow().Resampling.BILINEAR)), mean, std
+    )
+    canvas = inner.new_zeros(3, height, width)  # zero = the mean colour once normalised
+    top, left = (height - inner_h) // 2, (width - inner_w) // 2
+    canvas[:, top : top + inner_h, left : left + inner_w] = inner
+    return canvas
 
 
 Match = Literal["path", "stem", "name"]
@@ -311,6 +422,10 @@ class ImageFiles:
         mean: per-channel mean used to normalise.
         std: per-channel standard deviation used to normalise.
         max_pixels: largest image read, ``width * height`` (:data:`MAX_IMAGE_PIXELS`).
+        resize: ``"stretch"`` (default) or ``"pad"``, see :data:`RESIZE_MODES`.
+        transform: ``PIL.Image -> (3, H, W)`` float tensor used instead of the default
+            resize and normalisation (:data:`ImageTransform`); its output is checked
+            against ``image_size``.
 
     ``files(image_id)`` returns a float tensor ``(3, H, W)``.
     """
@@ -324,6 +439,8 @@ class ImageFiles:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
         max_pixels: int = MAX_IMAGE_PIXELS,
+        resize: ResizeMode = "stretch",
+        transform: ImageTransform | None = None,
     ) -> None:
         if match not in ("path", "stem", "name"):
             raise ValueError(f"match: expected 'path', 'stem' or 'name', got {match!r}")
@@ -335,6 +452,8 @@ class ImageFiles:
         self.mean = tuple(mean)
         self.std = tuple(std)
         self.max_pixels = max_pixels
+        self.resize = _check_resize(resize)
+        self.transform = _check_transform(transform)
         self._index: dict[str, Path] | None = None
         self._real_root: str | None = None
         self._real_folders: dict[str, str] = {}
@@ -459,4 +578,12 @@ class ImageFiles:
             raise DataError(
                 f"image {image_id!r} not found (looked for {self.expected_location(image_id)})"
             )
-        return load_image(path, self.image_size, self.mean, self.std, self.max_pixels)
+        return load_image(
+            path,
+            self.image_size,
+            self.mean,
+            self.std,
+            self.max_pixels,
+            resize=self.resize,
+            transform=self.transform,
+        )

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from valfusion.data._loader_args import check_root_and_splits
 from valfusion.data.annotations import check_caption, read_json_records, read_lines
 from valfusion.data.errors import DataError
-from valfusion.data.images import ImageFiles, size_record
+from valfusion.data.images import ImageFiles, ImageTransform, ResizeMode, size_record
 from valfusion.data.split import RetrievalData
 from valfusion.data.triplet import Triplet
 from valfusion.data.validation import build_split
@@ -38,6 +38,8 @@ def load_shoes(
     splits: Sequence[str] = ("train", "test"),
     image_root: str | os.PathLike[str] | None = None,
     image_size: int | Sequence[int] = 224,
+    resize: ResizeMode = "stretch",
+    transform: ImageTransform | None = None,
     check_images: bool = True,
     drop_missing_images: bool = False,
 ) -> RetrievalData:
@@ -49,6 +51,12 @@ def load_shoes(
         image_root: folder searched (recursively) for the images; default ``root/images``.
             Images are read only from inside it (a symbolic link out of it is refused).
         image_size: images are resized to this (int or ``(H, W)``): tensors ``(3, H, W)``.
+        resize: ``"stretch"`` (default) or ``"pad"`` (aspect ratio kept, padded with the
+            normalisation mean colour), see :data:`~valfusion.data.RESIZE_MODES`.
+        transform: ``PIL.Image -> (3, H, W)`` float tensor used instead of the default
+            resize and normalisation, e.g. a ``torchvision.transforms.v2.Compose``; its
+            output must have ``image_size`` (:data:`~valfusion.data.ImageTransform`). It is
+            not recorded in the data's ``info``.
         check_images: decode every image before returning.
         drop_missing_images: drop triplets whose images are missing or unreadable instead
             of raising.
@@ -87,7 +95,8 @@ def load_shoes(
         triplets[owners[0]].append(Triplet(reference, caption.strip(), (target,), record.source))
 
     images = ImageFiles(
-        root / "images" if image_root is None else image_root, match="name", image_size=image_size
+        root / "images" if image_root is None else image_root, match="name", image_size=image_size,
+        resize=resize, transform=transform,
     )
     loaded = {
         name: build_split(
@@ -105,5 +114,5 @@ def load_shoes(
         train=loaded.get("train"),
         evaluation={"test": loaded["test"]} if "test" in loaded else {},
         protocol="val",
-        info={"image_size": size_record(image_size)},
+        info={"image_size": size_record(image_size), **({} if resize == "stretch" else {"resize": resize})},
     )

@@ -120,7 +120,10 @@ def load_source(spec: str, **options: Any) -> RetrievalData:
         spec: the source (grammar in the module docstring).
         **options: keyword options of the source's loader, e.g. ``splits=("test",)``,
             ``image_size=128``, ``drop_missing_images=True`` (drops triplets whose images
-            are missing or unreadable), ``protocol="original"``.
+            are missing or unreadable), ``protocol="original"``; for image folders also
+            ``resize="pad"`` and ``transform=`` (a ``PIL.Image -> (3, H, W)`` tensor
+            callable such as a ``torchvision.transforms.v2.Compose``; Python only, not a
+            CLI option).
 
     Returns:
         The loaded :class:`RetrievalData`.

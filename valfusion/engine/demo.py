@@ -327,7 +327,7 @@ def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, A
 
 
 def _drop_final_checkpoint(run_dir: Path, step: int) -> None:
-    """Remove a finished run's end-of-training checkpoint: it holds the weights of ``model.pt``.
+    """Remove a finished run's end-of-training checkpoint: it holds the weights of ``model.safetensors``.
 
     The demo's runs are finished (there is nothing to resume), so the checkpoint would only
     duplicate the saved model (plus optimiser state). The trainer always writes it, so the

@@ -3,7 +3,9 @@
 A run directory (``RUN_DIR``) holds, once training ends, everything needed to use and
 reproduce the run::
 
-    RUN_DIR/config.json, model.pt, vocabulary.json   the model (VAL.save_pretrained)
+    RUN_DIR/config.json, model.safetensors, vocabulary.json
+                                                     the model (VAL.save_pretrained; model.pt
+                                                     without the safetensors package)
     RUN_DIR/train_config.json                        the TrainConfig
     RUN_DIR/run_identity.json                        the data and settings it trained on
     RUN_DIR/metrics.json                             final Recall@K (and the data it used)

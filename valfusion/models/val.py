@@ -26,7 +26,7 @@ from einops import reduce
 from torch import Tensor, nn
 
 from valfusion._io import atomic_write
-from valfusion._tensor_files import load_tensor_file
+from valfusion._tensor_files import load_safetensors_file, load_tensor_file, safetensors_available
 from valfusion._validation import (
     check_choice,
     check_floating,
@@ -62,7 +62,10 @@ BACKBONES: tuple[str, ...] = ("small", "resnet18", "resnet34", "resnet50", "resn
 :class:`~valfusion.encoders.FeaturePyramid`, passed as ``backbone=``."""
 
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.pt"
+WEIGHTS_FILE = "model.safetensors"
+LEGACY_WEIGHTS_FILE = "model.pt"
+#: The weight files :meth:`VAL.from_pretrained` looks for, in order of preference.
+WEIGHTS_FILES = (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE)
 VOCABULARY_FILE = "vocabulary.json"
 
 _RESNET_STAGES = (2, 3, 4)
@@ -320,6 +323,26 @@ def _check_backbone(config: VALConfig, backbone: object) -> FeaturePyramid:
 def _names(names: Sequence[str], limit: int = 3) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _weights_to_save(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """CPU copies of a state dict that safetensors accepts: contiguous, no two sharing memory.
+
+    safetensors refuses tensors that share storage (tied weights) and non-contiguous
+    views; each later entry on an already-seen storage gets its own copy, which
+    ``load_state_dict`` copies back into the tied parameter (the same values twice).
+    """
+    saved: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for name, value in state.items():
+        value = value.detach().cpu().contiguous()
+        storage = value.untyped_storage().data_ptr()
+        if value.numel() and storage in seen:
+            value = value.clone()
+        elif value.numel():
+            seen.add(storage)
+        saved[name] = value
+    return saved
 
 
 def _check_weights(state: object, expected: Mapping[str, Tensor], path: Path) -> None:
@@ -980,12 +1003,15 @@ class VAL(nn.Module):
     # ------------------------------------------------------------------ persistence
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json``, ``vocabulary.json`` (if any) and ``model.pt`` to ``directory``.
+        """Write ``config.json``, ``vocabulary.json`` (if any) and the weights to ``directory``.
 
-        The weights are a plain state dict of CPU tensors, loadable with
-        ``torch.load(path, weights_only=True)`` (no code runs on load). Each file is
-        written atomically (temporary file, then rename); a ``vocabulary.json`` left by an
-        earlier save is removed when the model has no vocabulary.
+        The weights are a state dict of CPU tensors in ``model.safetensors`` (the Hugging
+        Face format: a JSON header and raw bytes, nothing to unpickle) when the optional
+        ``safetensors`` package is installed (``demo`` extra), else in ``model.pt``
+        (``torch.save``, loadable with ``torch.load(path, weights_only=True)``). Tied
+        weights are saved once per name. Each file is written atomically (temporary file,
+        then rename); the other weights file and a ``vocabulary.json`` left by an earlier
+        save are removed, so that the folder holds exactly this model.
 
         Args:
             directory: Created if missing; existing files of the same names are replaced.
@@ -1001,8 +1027,17 @@ class VAL(nn.Module):
             self.vocabulary.save(path / VOCABULARY_FILE)
         else:
             (path / VOCABULARY_FILE).unlink(missing_ok=True)
-        state = {name: value.detach().cpu() for name, value in self.state_dict().items()}
-        atomic_write(path / WEIGHTS_FILE, lambda f: torch.save(state, f))
+        state = _weights_to_save(self.state_dict())
+        if safetensors_available():
+            import safetensors.torch
+
+            data = safetensors.torch.save(state, metadata={"format": "pt"})
+            atomic_write(path / WEIGHTS_FILE, lambda f: f.write(data))
+            stale = LEGACY_WEIGHTS_FILE
+        else:
+            atomic_write(path / LEGACY_WEIGHTS_FILE, lambda f: torch.save(state, f))
+            stale = WEIGHTS_FILE
+        (path / stale).unlink(missing_ok=True)
         return path
 
     @classmethod
@@ -1015,8 +1050,10 @@ class VAL(nn.Module):
     ) -> VAL:
         """Rebuild a model written by :meth:`save_pretrained`, in evaluation mode.
 
-        The weights are read with ``torch.load(weights_only=True)`` (opening them never runs
-        code) and checked against the configuration before they are loaded strictly.
+        The weights are ``model.safetensors`` when the folder has it (it needs the
+        ``safetensors`` package), else ``model.pt`` (folders written before, or without
+        ``safetensors``), read with ``torch.load(weights_only=True)``; opening either never
+        runs code. They are checked against the configuration before they are loaded strictly.
         As with Hugging Face models, the result is in eval mode; call ``.train()`` to
         fine-tune.
 
@@ -1030,20 +1067,26 @@ class VAL(nn.Module):
             The model, in eval mode, with the saved vocabulary (if one was saved).
 
         Raises:
-            FileNotFoundError: If the directory lacks ``config.json`` or ``model.pt``.
+            FileNotFoundError: If the directory lacks ``config.json`` or both
+                ``model.safetensors`` and ``model.pt``.
             ValueError: Naming the file, if ``config.json`` is not a valid configuration,
-                or ``model.pt`` is empty, truncated or corrupted, is refused as unsafe (a
+                or the weights file is empty, truncated or corrupted, is refused as unsafe (a
                 pickle that would run code: nothing in it is executed), or does not fit
                 the configuration (missing or unexpected entries, other shapes, integer
                 values for floating-point weights, NaN or inf).
         """
         path = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (path / name).is_file():
-                raise FileNotFoundError(
-                    f"directory: {path} has no {name}; not a directory written by "
-                    f"VAL.save_pretrained"
-                )
+        if not (path / CONFIG_FILE).is_file():
+            raise FileNotFoundError(
+                f"directory: {path} has no {CONFIG_FILE}; not a directory written by "
+                f"VAL.save_pretrained"
+            )
+        weights = next((path / name for name in WEIGHTS_FILES if (path / name).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(
+                f"directory: {path} has no {' or '.join(WEIGHTS_FILES)}; not a directory "
+                f"written by VAL.save_pretrained"
+            )
         try:
             data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
         except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
@@ -1058,8 +1101,8 @@ class VAL(nn.Module):
             Vocabulary.load(path / VOCABULARY_FILE) if (path / VOCABULARY_FILE).is_file() else None
         )
         model = cls(config, vocabulary=vocabulary, backbone=backbone)
-        weights = path / WEIGHTS_FILE
-        state = load_tensor_file(weights, argument="directory", map_location=map_location)
+        load = load_safetensors_file if weights.name == WEIGHTS_FILE else load_tensor_file
+        state = load(weights, argument="directory", map_location=map_location)
         _check_weights(state, model.state_dict(), weights)
         model.load_state_dict(state)
         return model.eval()
