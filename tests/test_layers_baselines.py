@@ -9,6 +9,7 @@ from torch import nn
 from valfusion.layers import (
     COMPOSERS,
     TIRG,
+    Combiner,
     CompositeAttention,
     CompositeTransformer,
     ConcatFusion,
@@ -180,6 +181,7 @@ def test_build_composer_builds_the_named_class() -> None:
         "tirg": TIRG,
         "tirg_pooled": TIRG,
         "concat": ConcatFusion,
+        "combiner": Combiner,
         "image_only": ImageOnly,
         "text_only": TextOnly,
     }

@@ -92,6 +92,7 @@ CASES: dict[str, Case] = {
     "tirg": Case(_composer("tirg"), _map_and_text),
     "tirg_pooled": Case(_composer("tirg_pooled"), _map_and_text),
     "concat": Case(_composer("concat"), _map_and_text),
+    "combiner": Case(_composer("combiner"), _map_and_text),
     "image_only": Case(_composer("image_only"), _map_and_text),
     "text_only": Case(_composer("text_only"), _map_and_text),
     # Its levels are the layers above; what is its own is the list of maps in and out.

@@ -17,7 +17,7 @@ from valfusion.layers import (
     build_composer,
 )
 
-POOLED_COMPOSERS = ("tirg", "tirg_pooled", "concat", "image_only", "text_only")
+POOLED_COMPOSERS = ("tirg", "tirg_pooled", "concat", "combiner", "image_only", "text_only")
 
 # The parametrised tests run once per layer; fewer examples each keeps the file fast on
 # two cores, and the explicit @example cases pin batch 1, a 1x1 map and a non-square map.

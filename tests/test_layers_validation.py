@@ -160,7 +160,7 @@ LAYERS = {
     ),
 }
 TAKE_TEXT = [n for n in LAYERS if n not in ("SelfAttentionalTransformation", "JointAttentionalPreservation")]
-POOLED = ["tirg", "tirg_pooled", "concat", "image_only", "text_only"]
+POOLED = ["tirg", "tirg_pooled", "concat", "combiner", "image_only", "text_only"]
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])

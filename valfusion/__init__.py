@@ -24,6 +24,7 @@ _EXPORTS: dict[str, str] = {
     "MultiLevelComposer": "valfusion.layers",
     "TIRG": "valfusion.layers",
     "ConcatFusion": "valfusion.layers",
+    "Combiner": "valfusion.layers",
     "ImageOnly": "valfusion.layers",
     "TextOnly": "valfusion.layers",
     "build_composer": "valfusion.layers",
@@ -91,6 +92,7 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
     from valfusion.layers import (
         COMPOSERS,
         TIRG,
+        Combiner,
         CompositeAttention,
         CompositeTransformer,
         ConcatFusion,

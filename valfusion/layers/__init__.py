@@ -1,5 +1,6 @@
 """Composition layers: VAL's composite transformer, its parts, and same-signature baselines."""
 
+from valfusion.layers.combiner import Combiner
 from valfusion.layers.composite_attention import CompositeAttention
 from valfusion.layers.composite_transformer import CompositeTransformer
 from valfusion.layers.concat_fusion import ConcatFusion
@@ -15,6 +16,7 @@ from valfusion.layers.unimodal import ImageOnly, TextOnly
 __all__ = [
     "COMPOSERS",
     "TIRG",
+    "Combiner",
     "CompositeAttention",
     "CompositeTransformer",
     "ConcatFusion",

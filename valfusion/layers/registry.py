@@ -6,6 +6,7 @@ from typing import Any
 
 from torch import nn
 
+from valfusion.layers.combiner import Combiner
 from valfusion.layers.composite_transformer import CompositeTransformer
 from valfusion.layers.concat_fusion import ConcatFusion
 from valfusion.layers.tirg import TIRG
@@ -14,7 +15,7 @@ from valfusion.layers.unimodal import ImageOnly, TextOnly
 __all__ = ["COMPOSERS", "build_composer"]
 
 COMPOSERS: tuple[str, ...] = (
-    "val", "val_official", "tirg", "tirg_pooled", "concat", "image_only", "text_only"
+    "val", "val_official", "tirg", "tirg_pooled", "concat", "combiner", "image_only", "text_only"
 )
 """Names accepted by :func:`build_composer` (and by ``VALConfig.composer``)."""
 
@@ -22,6 +23,7 @@ _BUILDERS: dict[str, type[nn.Module]] = {
     "val": CompositeTransformer,
     "tirg": TIRG,
     "concat": ConcatFusion,
+    "combiner": Combiner,
     "image_only": ImageOnly,
     "text_only": TextOnly,
 }
@@ -38,7 +40,7 @@ def build_composer(
     """Build a composer: ``composer(image_features, text_features, *, return_attention=False)``.
 
     ``image_features`` ``(B, C, H, W)`` (``"tirg"``, ``"tirg_pooled"``, ``"concat"``,
-    ``"image_only"`` and ``"text_only"`` also take pooled ``(B, C)``) and ``text_features``
+    ``"combiner"``, ``"image_only"`` and ``"text_only"`` also take pooled ``(B, C)``) and ``text_features``
     ``(B, D)`` give an output of ``image_features``' shape.
 
     Args:
@@ -46,7 +48,8 @@ def build_composer(
             configuration), ``"val_official"`` (:meth:`CompositeTransformer.official`),
             ``"tirg"`` (:class:`TIRG` at every position of the map), ``"tirg_pooled"``
             (:class:`TIRG` with ``pool=True``: on the map's spatial mean, the papers'
-            setting), ``"concat"``, ``"image_only"``, ``"text_only"``.
+            setting), ``"concat"``, ``"combiner"`` (:class:`Combiner`, CLIP4Cir's, on the
+            map's spatial mean), ``"image_only"``, ``"text_only"``.
         image_channels: ``C``.
         text_channels: ``D``.
         feature_size: ``(H, W)`` of the feature map; required by ``"val_official"``

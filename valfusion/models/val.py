@@ -80,7 +80,8 @@ class VALConfig:
         composer: One of :data:`~valfusion.layers.COMPOSERS`: ``"val"`` (composite
             transformer, paper configuration), ``"val_official"`` (the official graph),
             ``"tirg"`` (per position), ``"tirg_pooled"`` (on pooled features),
-            ``"concat"``, ``"image_only"``, ``"text_only"``.
+            ``"concat"``, ``"combiner"`` (CLIP4Cir's, on pooled features),
+            ``"image_only"``, ``"text_only"``.
         backbone: One of :data:`BACKBONES`; ``"custom"`` means the backbone module is
             passed to the constructor (and to :meth:`VAL.from_pretrained`).
         backbone_channels: Level channels ``(C_1, ..., C_L)`` of the ``"small"`` backbone.
