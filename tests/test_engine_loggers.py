@@ -198,13 +198,11 @@ def _assert_same_series(got, expected) -> None:
 
 
 def test_tensorboard_events_read_back_as_the_history(data, tmp_path):
-    pytest.importorskip("tensorboard")
     result = train(data, tiny_config(logger="tensorboard"), tmp_path, progress=False)
     _assert_same_series(_scalars(tmp_path / "logs"), _expected_scalars(result.history))
 
 
 def test_a_resumed_tensorboard_log_shows_each_step_once(data, tmp_path):
-    pytest.importorskip("tensorboard")
     config = tiny_config(logger="tensorboard")
     train(data, config, tmp_path, until=8, progress=False)
     damage_newest_checkpoint(tmp_path, 8)

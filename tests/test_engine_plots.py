@@ -7,8 +7,6 @@ import torch
 
 from valfusion.engine.plots import QueryPicture, _top_results_figure, plot_top_results
 
-pytest.importorskip("matplotlib")
-
 
 def _image(value: float) -> torch.Tensor:
     return torch.full((3, 8, 8), value)

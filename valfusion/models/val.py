@@ -247,12 +247,10 @@ def _pool_levels(maps: Sequence[Tensor]) -> list[Tensor]:
 
     Half-precision maps (autocast) are pooled in float32; float32 and float64 keep theirs.
     """
-    return [F.normalize(reduce(_at_least_float32(m), "b c h w -> b c", "mean"), dim=-1) for m in maps]
-
-
-def _at_least_float32(x: Tensor) -> Tensor:
-    """``x`` in float32 if it is a 16-bit float, else unchanged (float64 stays float64)."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    return [
+        F.normalize(reduce(m.to(torch.promote_types(m.dtype, torch.float32)), "b c h w -> b c", "mean"), dim=-1)
+        for m in maps
+    ]
 
 
 def _concat_levels(levels: Sequence[Tensor]) -> Tensor:
