@@ -236,6 +236,14 @@ def test_timm_file_of_another_architecture_is_refused(tmp_path):
     assert "96 unexpected keys" in message  # resnet34 has 3-6 blocks per stage, resnet18 2
 
 
+@pytest.mark.parametrize("name", ["resnet50t", "resnet18.no_such_tag"])
+def test_imagenet_for_a_timm_name_without_published_weights_is_refused_offline(name):
+    # timm's registry knows which names have pretrained weights: refused before any download.
+    assert timm.is_model(name) and not timm.is_model_pretrained(name)
+    message = one_line_error(lambda: TimmPyramid(name, weights="imagenet"))
+    assert message.startswith(f"weights: timm publishes no pretrained weights for {name!r}")
+
+
 def test_pretrained_true_is_refused_in_favour_of_weights_imagenet():
     message = one_line_error(lambda: TimmPyramid("resnet18", pretrained=True))
     assert message.startswith("pretrained:") and "weights='imagenet'" in message

@@ -188,6 +188,11 @@ def test_a_module_without_the_vit_layout_is_refused():
         TimmViTPyramid(torch.nn.Linear(2, 2))
 
 
+def test_imagenet_for_a_vit_without_published_weights_is_refused_offline():
+    with pytest.raises(ValueError, match=r"^weights: timm publishes no pretrained weights"):
+        TimmViTPyramid("vit_base_patch16_18x2_224", weights="imagenet")
+
+
 def test_weights_and_build_arguments_need_a_name():
     with pytest.raises(ValueError, match=r"^weights: only used when model is a timm name"):
         TimmViTPyramid(plain_vit(seed=7), weights="imagenet")

@@ -223,6 +223,11 @@ def create_timm_model(
     if weights is None:
         return timm.create_model(name, pretrained=False, **kwargs)
     if isinstance(weights, str) and weights == IMAGENET:
+        if timm.is_model(name) and not timm.is_model_pretrained(name):
+            raise ValueError(
+                f"{argument}: timm publishes no pretrained weights for {name!r} (see "
+                "timm.list_pretrained()); pass None for random weights or a local file"
+            )
         return timm.create_model(name, pretrained=True, **kwargs)
     state, source = read_weights(weights, argument)
     plain_kwargs = {k: v for k, v in kwargs.items() if k not in _FEATURE_KWARGS}
