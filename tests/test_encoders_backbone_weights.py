@@ -219,6 +219,14 @@ def test_timm_weights_file_gives_the_models_stage_outputs(tmp_path, suffix):
         torch.testing.assert_close(g, e)
 
 
+def test_timm_model_keeps_no_second_copy_of_the_loaded_weights():
+    # The weights travel to timm inside its pretrained config, which stays on the model.
+    state = timm.create_model("resnet18", pretrained=False).state_dict()
+    pyramid = TimmPyramid("resnet18", weights=state)
+    assert "state_dict" not in pyramid.model.pretrained_cfg
+    assert "state_dict" not in pyramid.model.default_cfg
+
+
 def test_timm_file_without_classifier_is_accepted(tmp_path):
     source = timm.create_model("resnet18", pretrained=False)
     state = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}

@@ -101,6 +101,7 @@ def test_weights_file_of_the_plain_model_gives_its_tokens(tmp_path, suffix):
         expected = tokens_after_blocks(source, images, pyramid.indices)
     for g, e in zip(got, expected, strict=True):
         torch.testing.assert_close(g, e)
+    assert "state_dict" not in pyramid.model.pretrained_cfg  # no second copy kept
 
 
 def test_weights_file_without_head_is_accepted(tmp_path):

@@ -244,7 +244,7 @@ def create_timm_model(
         shapes=False,  # timm's own filter adapts some shapes (position embeddings)
     )
     try:
-        return timm.create_model(
+        model = timm.create_model(
             name, pretrained=True, pretrained_cfg_overlay={"state_dict": state}, **kwargs
         )
     except RuntimeError as error:
@@ -255,3 +255,8 @@ def create_timm_model(
             f"{argument}: {source} does not fit timm {name}: {len(mismatches)} shape "
             f"mismatches, first: {mismatches[0]}"
         ) from None
+    # timm keeps its config on the model; without this it would hold a second copy of the weights.
+    for config in (model.pretrained_cfg, getattr(model, "default_cfg", None)):
+        if isinstance(config, dict):
+            config.pop("state_dict", None)
+    return model
