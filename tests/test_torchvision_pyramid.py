@@ -2,7 +2,8 @@
 
 Tested with torch 2.14.1 + torchvision 0.29.1 (the CPU torch 2.13.0 wheel has no
 matching torchvision on the registry). Nothing is downloaded: every model is built
-with weights=None and weights come from state dicts the tests create.
+with weights=None and weights come from state dicts the tests create (weights files:
+tests/test_encoders_backbone_weights.py).
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ def test_state_dict_of_another_architecture_raises_value_error():
         TorchvisionResNetPyramid("resnet50", weights=other)
 
 
-def test_weights_enum_is_refused_instead_of_downloaded():
-    with pytest.raises(ValueError, match=r"^weights:.*get_state_dict"):
+def test_weights_enum_is_refused_in_favour_of_the_imagenet_string():
+    with pytest.raises(ValueError, match=r"^weights: expected None, 'imagenet'.*ResNet50_Weights"):
         TorchvisionResNetPyramid("resnet50", weights=torchvision.models.ResNet50_Weights.DEFAULT)
 
 

@@ -2,7 +2,9 @@
 
 timm is an optional dependency (``pip install "valfusion[timm]"``), imported only when a
 model is built from its name. A backbone module built elsewhere needs no timm at all.
-Nothing is downloaded: pretrained weights come from a local file the user passes.
+Weights are random unless asked for: ``weights="imagenet"`` (timm's pretrained weights,
+its own cache and download) or a local file, as :mod:`valfusion.encoders.backbone_weights`
+describes.
 """
 
 from __future__ import annotations
@@ -16,19 +18,10 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from valfusion.encoders.backbone_weights import create_timm_model
 from valfusion.encoders.pyramid import FeaturePyramid, _image_size
 
 __all__ = ["TimmPyramid"]
-
-
-def _import_timm() -> Any:
-    try:
-        import timm
-    except ImportError as error:
-        raise ImportError(
-            'TimmPyramid needs timm to build a model by name: pip install "valfusion[timm]"'
-        ) from error
-    return timm
 
 
 def _feature_info(model: nn.Module, what: str) -> tuple[int, ...] | None:
@@ -59,18 +52,22 @@ class TimmPyramid(FeaturePyramid):
     Args:
         model: A timm model name or an ``nn.Module`` returning a list of maps.
         out_indices: Feature levels to return (timm names only; default: timm's).
-        weights: Local checkpoint file of the full timm model (timm names only),
-            loaded by timm from ``pretrained_cfg_overlay={"file": ...}``; nothing is
-            downloaded.
+        weights: Initial weights (timm names only): ``None`` (random), ``"imagenet"``
+            (timm's pretrained weights for the name, downloaded into timm's cache on
+            first use), or a state dict of the plain timm model or the path of a file
+            holding one (``.pt``/``.pth`` read with ``torch.load(weights_only=True)``,
+            or ``.safetensors``); the classifier head may be present or absent, any
+            other missing or unexpected key is an error naming the file.
         channels: Channels of each output map, if the module has no ``feature_info``.
         reductions: Stride of each output map, if the module has no ``feature_info``.
         **kwargs: Passed to ``timm.create_model`` (timm names only). ``pretrained=True``
-            is rejected: pass ``weights`` instead.
+            is rejected: pass ``weights="imagenet"`` instead.
 
     Raises:
         ImportError: If ``model`` is a name and timm is not installed.
-        ValueError: If an argument does not fit the kind of ``model``, the weights file
-            does not exist, or channels/strides are neither given nor discoverable.
+        ValueError: If an argument does not fit the kind of ``model``, the weights
+            cannot be read or do not fit the model, or channels/strides are neither
+            given nor discoverable.
 
     Example:
         >>> pyramid = TimmPyramid("resnet18", out_indices=(2, 3, 4))  # doctest: +SKIP
@@ -83,30 +80,16 @@ class TimmPyramid(FeaturePyramid):
         model: str | nn.Module,
         *,
         out_indices: Sequence[int] | None = None,
-        weights: str | os.PathLike[str] | None = None,
+        weights: Mapping[str, Tensor] | str | os.PathLike[str] | None = None,
         channels: Sequence[int] | None = None,
         reductions: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> None:
         if isinstance(model, str):
-            if kwargs.get("pretrained"):
-                raise ValueError(
-                    "pretrained: the library never downloads weights; pass a local "
-                    "checkpoint file as weights= instead"
-                )
-            kwargs.pop("pretrained", None)
             if out_indices is not None:
                 kwargs["out_indices"] = tuple(out_indices)
-            if weights is not None:
-                if not os.path.isfile(weights):
-                    raise ValueError(
-                        f"weights: expected an existing file, got {os.fspath(weights)!r}"
-                    )
-                # timm reads a local file named in the pretrained config and skips any download.
-                kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(weights)}
-            timm = _import_timm()
-            backbone: nn.Module = timm.create_model(
-                model, features_only=True, pretrained=weights is not None, **kwargs
+            backbone: nn.Module = create_timm_model(
+                model, weights, needed_by="TimmPyramid", features_only=True, **kwargs
             )
         elif isinstance(model, nn.Module):
             backbone = model

@@ -1,9 +1,10 @@
 """Feature pyramid from a torchvision ResNet (stages 2-4 of ResNet-50 in the VAL paper).
 
 torchvision is an optional dependency (``pip install "valfusion[vision]"``), imported
-only when a :class:`TorchvisionResNetPyramid` is built. The library never downloads
-weights: the model is always built with ``weights=None`` and the user passes a state
-dict (or a file holding one) to initialise it.
+only when a :class:`TorchvisionResNetPyramid` is built. The model starts from random
+weights unless asked otherwise: ``weights="imagenet"`` fetches torchvision's recommended
+ImageNet weights through torchvision's own API and cache; a state dict or a local file
+is loaded as :mod:`valfusion.encoders.backbone_weights` describes.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
+from valfusion.encoders.backbone_weights import IMAGENET, check_state_dict, read_weights
 from valfusion.encoders.pyramid import FeaturePyramid
 
 __all__ = ["RESNET_ARCHS", "TorchvisionResNetPyramid"]
@@ -45,43 +46,19 @@ def _import_torchvision() -> Any:
     return torchvision
 
 
-def _read_state_dict(weights: Mapping[str, Tensor] | str | os.PathLike[str]) -> dict[str, Tensor]:
-    if isinstance(weights, (str, os.PathLike)):
-        # weights_only=True: a weights file must not be able to run code when loaded.
-        loaded = torch.load(weights, map_location="cpu", weights_only=True)
-        source = f"the file {os.fspath(weights)}"
-    elif isinstance(weights, Mapping):
-        loaded, source = weights, "the mapping"
-    else:
-        raise ValueError(
-            "weights: expected None, a state dict or a path to one; got "
-            f"{type(weights).__name__}. The library never downloads weights: for torchvision's "
-            "pretrained ones pass e.g. ResNet50_Weights.DEFAULT.get_state_dict()"
-        )
-    if not isinstance(loaded, Mapping) or not all(
-        isinstance(key, str) and isinstance(value, Tensor) for key, value in loaded.items()
-    ):
-        raise ValueError(f"weights: {source} does not hold a state dict (str -> Tensor)")
-    return dict(loaded)
+def _imagenet_weights(arch: str) -> Any:
+    """torchvision's recommended ImageNet weights enum for ``arch`` (nothing is downloaded)."""
+    return _import_torchvision().models.get_model_weights(arch).DEFAULT
 
 
-def _load_backbone_state(model: nn.Module, state_dict: dict[str, Tensor], arch: str) -> None:
-    """Strict loading, except that the classifier ``fc.*`` may be absent."""
-    expected = model.state_dict()
-    missing = [key for key in expected if key not in state_dict and not key.startswith("fc.")]
-    unexpected = [key for key in state_dict if key not in expected]
-    mismatched = [
-        f"{key} {tuple(value.shape)} vs {tuple(expected[key].shape)}"
-        for key, value in state_dict.items()
-        if key in expected and value.shape != expected[key].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"weights: do not fit torchvision {arch}: {len(missing)} missing keys {missing[:3]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(mismatched)} shape "
-            f"mismatches (given vs expected) {mismatched[:3]}"
-        )
-    model.load_state_dict(state_dict, strict=False)
+def _state_dict(
+    weights: Mapping[str, Tensor] | str | os.PathLike[str], arch: str
+) -> tuple[dict[str, Tensor], str]:
+    if isinstance(weights, str) and weights == IMAGENET:
+        # torchvision's own cache and download, because the user asked for these weights.
+        enum = _imagenet_weights(arch)
+        return enum.get_state_dict(progress=True), f"torchvision's {enum}"
+    return read_weights(weights, "weights")
 
 
 class TorchvisionResNetPyramid(FeaturePyramid):
@@ -95,12 +72,12 @@ class TorchvisionResNetPyramid(FeaturePyramid):
 
     Args:
         arch: A torchvision builder name from ``RESNET_ARCHS`` (e.g. ``"resnet50"``).
-        weights: ``None`` (random initialisation), a state dict of the full torchvision
-            model, or a path to a file holding one (read with
-            ``torch.load(weights_only=True)``). Keys ``fc.*`` may be absent; any other
-            missing or unexpected key is an error. Nothing is downloaded: for
-            torchvision's pretrained weights pass e.g.
-            ``ResNet50_Weights.DEFAULT.get_state_dict()``.
+        weights: ``None`` (random initialisation); ``"imagenet"`` for torchvision's
+            recommended ImageNet weights of ``arch`` (``get_model_weights(arch).DEFAULT``,
+            downloaded into torchvision's cache on first use); a state dict of the full
+            torchvision model; or the path of a file holding one (``.pt``/``.pth`` read
+            with ``torch.load(weights_only=True)``, or ``.safetensors``). Keys ``fc.*``
+            may be absent; any other missing, unexpected or misshapen key is an error.
         stages: Which of stages 1-4 to output, increasing.
         frozen_stages: Freeze the stem and stages ``1..frozen_stages`` (no gradients,
             batch norm kept in eval mode); 0 trains everything.
@@ -139,7 +116,16 @@ class TorchvisionResNetPyramid(FeaturePyramid):
         torchvision = _import_torchvision()
         model = getattr(torchvision.models, arch)(weights=None)
         if weights is not None:
-            _load_backbone_state(model, _read_state_dict(weights), arch)
+            state, source = _state_dict(weights, arch)
+            check_state_dict(
+                model.state_dict(),
+                state,
+                argument="weights",
+                source=source,
+                model_name=f"torchvision {arch}",
+                head=("fc",),
+            )
+            model.load_state_dict(state, strict=False)
         layers = [getattr(model, f"layer{s}") for s in range(1, stages[-1] + 1)]
         channels = []
         for s in stages:
