@@ -65,7 +65,8 @@ class HFTextEncoder(TextEncoder):
         freeze: Keep the transformer's weights fixed (no gradients) and in eval mode
             (no dropout); the projection and norm still train.
         max_length: Tokens kept per text by :meth:`tokenize` (special tokens included),
-            at most the model's ``max_position_embeddings``.
+            at most the model's ``max_position_embeddings``; default the smaller of that and
+            :data:`~valfusion.encoders.DEFAULT_MAX_TOKENS` (64).
 
     Attributes:
         model: The transformer.
@@ -74,8 +75,8 @@ class HFTextEncoder(TextEncoder):
         norm: ``BatchNorm1d(D)`` or identity.
 
     Raises:
-        ValueError: If ``output_dim`` or ``max_length`` is not a positive integer,
-            ``pooling`` or ``norm`` is unknown, or ``freeze`` is not a bool.
+        ValueError: If ``output_dim`` is not a positive integer, ``max_length`` is not one
+            within ``max_position_embeddings``, ``pooling`` or ``norm`` is unknown, or ``freeze`` is not a bool.
     """
 
     model: Any  # a transformers PreTrainedModel (untyped here: the library is optional)
@@ -89,7 +90,7 @@ class HFTextEncoder(TextEncoder):
         pooling: str = "cls",
         norm: str | None = "batch",
         freeze: bool = False,
-        max_length: int = DEFAULT_MAX_TOKENS,
+        max_length: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module) or not hasattr(model, "config"):
@@ -100,6 +101,8 @@ class HFTextEncoder(TextEncoder):
         check_choice(pooling, "pooling", HF_POOLINGS)
         self.freeze = check_bool(freeze, "freeze")
         limit = getattr(model.config, "max_position_embeddings", None)
+        if max_length is None:
+            max_length = min(DEFAULT_MAX_TOKENS, limit) if isinstance(limit, int) else DEFAULT_MAX_TOKENS
         if (
             isinstance(max_length, bool)
             or not isinstance(max_length, int)
