@@ -155,6 +155,15 @@ def test_hf_spec_with_architecture_rebuilds_without_weights(tmp_path):
     assert isinstance(encoder, HFTextEncoder) and encoder.model.config.hidden_size == 32
 
 
+def test_tokenize_pads_on_the_right_whatever_the_tokenizer_default():
+    encoder = make_encoder()
+    right = encoder.tokenize([SHORT, LONG])
+    encoder.tokenizer.padding_side = "left"
+    left = encoder.tokenize([SHORT, LONG])
+    assert torch.equal(left[0], right[0]) and torch.equal(left[1], right[1])
+    assert left[0][0, -1] == encoder.tokenizer.pad_token_id
+
+
 def test_tokenize_truncates_at_max_length():
     encoder = make_encoder(max_length=4)
     tokens, lengths = encoder.tokenize([LONG, SHORT])

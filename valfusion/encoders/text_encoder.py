@@ -14,6 +14,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 __all__ = ["TextEncoder"]
@@ -78,7 +79,7 @@ class TextEncoder(nn.Module, ABC):
     def encode(self, texts: Sequence[str]) -> Tensor:
         """Strings to features in one call: :meth:`tokenize`, then :meth:`forward`.
 
-        The ids move to the device of the encoder's parameters.
+        The ids move to the device of the encoder's parameters (the CPU if it has none).
 
         Args:
             texts: ``B >= 1`` strings.
@@ -87,7 +88,8 @@ class TextEncoder(nn.Module, ABC):
             Text features ``(B, output_dim)``.
         """
         tokens, lengths = self.tokenize(texts)
-        device = next(self.parameters()).device
+        parameter = next(self.parameters(), None)
+        device = torch.device("cpu") if parameter is None else parameter.device
         return self(tokens.to(device), lengths.to(device))
 
     def save_architecture(self, directory: str | os.PathLike[str]) -> None:
