@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO
 
 from torch import nn
 
+from valfusion._io import atomic_write
 from valfusion._validation import check_choice, check_positive_int
 
 NORMS = ("batch", None)
@@ -52,3 +57,21 @@ def freeze_(module: nn.Module) -> None:
     """Stop gradients into ``module`` and put it in eval mode (no dropout)."""
     module.requires_grad_(False)
     module.eval()
+
+
+def save_atomically(directory: str | os.PathLike[str], save: Callable[[str], object]) -> None:
+    """Run a library's ``save(folder)`` in a scratch folder, then copy each file it wrote
+    into ``directory`` with the package's atomic writer (no half-written file is ever seen).
+    """
+    target = Path(directory)
+    with tempfile.TemporaryDirectory(prefix="valfusion-save-") as scratch:
+        save(scratch)
+        for source in sorted(Path(scratch).rglob("*")):
+            if source.is_file():
+                destination = target / source.relative_to(scratch)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(destination, _writer(source.read_bytes()))
+
+
+def _writer(data: bytes) -> Callable[[IO[bytes]], object]:
+    return lambda handle: handle.write(data)

@@ -21,6 +21,7 @@ from valfusion.encoders._text_head import (
     check_texts,
     freeze_,
     projection_head,
+    save_atomically,
 )
 from valfusion.encoders.text_encoder import TextEncoder
 from valfusion.encoders.vocabulary import DEFAULT_MAX_TOKENS
@@ -180,11 +181,14 @@ class HFTextEncoder(TextEncoder):
     def save_architecture(self, directory: str | os.PathLike[str]) -> None:
         """Write the model's ``config.json`` and the tokenizer files (no weights).
 
+        ``transformers`` writes them into a scratch folder; each is then copied with the
+        package's atomic writer.
+
         Args:
             directory: An existing folder to write into.
         """
-        self.model.config.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        save_atomically(directory, self.model.config.save_pretrained)
+        save_atomically(directory, self.tokenizer.save_pretrained)
 
     @property
     def output_dim(self) -> int:

@@ -19,7 +19,13 @@ from torch import Tensor, nn
 
 from valfusion._io import atomic_write
 from valfusion._validation import check_tokens
-from valfusion.encoders._text_head import check_bool, check_texts, freeze_, projection_head
+from valfusion.encoders._text_head import (
+    check_bool,
+    check_texts,
+    freeze_,
+    projection_head,
+    save_atomically,
+)
 from valfusion.encoders.text_encoder import TextEncoder
 
 __all__ = ["OpenCLIPTextEncoder"]
@@ -105,8 +111,8 @@ class OpenCLIPTextEncoder(TextEncoder):
     end-of-text token and projected to the joint embedding size ``E``, not normalised);
     ``t = norm(W c + b)`` ``(B, D)``. :meth:`tokenize` trims the tokenizer's fixed
     ``context_length`` rows to the longest text in the batch; :meth:`forward` pads them
-    back with the padding id 0, which the causal mask keeps out of every valid position,
-    so a row's feature does not depend on its padding.
+    back with the tokenizer's padding id, so the tower sees exactly the rows open_clip's
+    tokenizer writes, and a row's feature does not depend on how far it was padded.
 
     Only the text tower's parameters belong to this module (for a plain ``CLIP``, its
     text modules are shared with the model passed in, not copied).
@@ -151,6 +157,9 @@ class OpenCLIPTextEncoder(TextEncoder):
         self.tokenizer = tokenizer
         self.model_cfg = model_cfg
         self.context_length = int(getattr(model, "context_length", tokenizer.context_length))
+        # The id the tokenizer pads with: whatever ends an empty text's row (0 for CLIP's
+        # SimpleTokenizer; other open_clip tokenizers pad with their own id).
+        self.pad_id = int(tokenizer([""])[0, -1])
         tower: Any = self.text
         self.vocab_size = int(getattr(model, "vocab_size", None) or tower.vocab_size)
         # The joint embedding size E, read off one forward pass (its attribute differs
@@ -256,7 +265,7 @@ class OpenCLIPTextEncoder(TextEncoder):
         )
         inner: Any = getattr(self.tokenizer, "tokenizer", None)
         if hasattr(inner, "save_pretrained"):  # open_clip's HFTokenizer wraps a transformers one
-            inner.save_pretrained(directory)
+            save_atomically(directory, inner.save_pretrained)
 
     @property
     def output_dim(self) -> int:
@@ -277,9 +286,10 @@ class OpenCLIPTextEncoder(TextEncoder):
     def tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """The open_clip tokenizer's ids, trimmed to the longest text in the batch.
 
-        Each row is ``[SOT] words [EOT]`` then padding (0); texts longer than
+        Each row is ``[SOT] words [EOT]`` then padding (id 0 for CLIP); texts longer than
         ``context_length`` are cut by the tokenizer, which keeps ``EOT`` last. ``lengths``
-        counts the ids up to and including ``EOT``, so an empty text has length 2.
+        counts the ids up to the last non-padding one (``EOT``), so an empty text has
+        length 2.
 
         Args:
             texts: ``B >= 1`` strings.
@@ -292,7 +302,9 @@ class OpenCLIPTextEncoder(TextEncoder):
         """
         texts = check_texts(texts)
         tokens = self.tokenizer(texts).long()
-        lengths = (tokens != 0).sum(dim=1).clamp(min=1)
+        # A row's length runs to its last non-padding id (EOT for CLIP).
+        positions = torch.arange(1, tokens.shape[1] + 1)
+        lengths = ((tokens != self.pad_id) * positions).amax(dim=1).clamp(min=1)
         return tokens[:, : int(lengths.max())].contiguous(), lengths
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
@@ -318,6 +330,10 @@ class OpenCLIPTextEncoder(TextEncoder):
         valid = torch.arange(tokens.shape[1], device=tokens.device) < lengths.to(
             tokens.device
         )[:, None]
-        # Padding is id 0 at every step past a row's length, as the tokenizer writes it.
-        padded = F.pad(tokens.masked_fill(~valid, 0), (0, self.context_length - tokens.shape[1]))
+        # Every step past a row's length holds the padding id, as the tokenizer writes it.
+        padded = F.pad(
+            tokens.masked_fill(~valid, self.pad_id),
+            (0, self.context_length - tokens.shape[1]),
+            value=self.pad_id,
+        )
         return self.norm(self.proj(self.text(padded)))
