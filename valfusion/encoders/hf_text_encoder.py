@@ -71,6 +71,7 @@ class HFTextEncoder(TextEncoder):
 
     Attributes:
         model: The transformer.
+        vocab_size: Rows of its input embedding (ids :meth:`forward` accepts).
         tokenizer: The tokenizer (not a module; not in the state dict).
         proj: ``Linear(hidden_size, D)``.
         norm: ``BatchNorm1d(D)`` or identity.
@@ -131,7 +132,8 @@ class HFTextEncoder(TextEncoder):
         """Load a pretrained model and its tokenizer with ``AutoModel``/``AutoTokenizer``.
 
         A local folder is read; any other string is a hub name, which ``transformers``
-        downloads (into its cache) because the caller named it.
+        downloads (into its cache) because the caller named it. No code from the folder or
+        the hub runs (``trust_remote_code`` stays off).
 
         Args:
             name_or_path: A folder with ``config.json``, weights and tokenizer files, or

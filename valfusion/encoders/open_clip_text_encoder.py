@@ -133,6 +133,8 @@ class OpenCLIPTextEncoder(TextEncoder):
         text: The text tower, ``(B, context_length)`` ids -> ``(B, E)``.
         tokenizer: The tokenizer (not a module; not in the state dict).
         context_length: The tower's fixed sequence length.
+        vocab_size: Rows of its token embedding (ids :meth:`forward` accepts).
+        pad_id: The id the tokenizer pads with (0 for CLIP).
         proj: ``Linear(E, D)``.
         norm: ``BatchNorm1d(D)`` or identity.
 

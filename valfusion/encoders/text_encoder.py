@@ -32,6 +32,10 @@ class TextEncoder(nn.Module, ABC):
     (open_clip's text tower); :func:`~valfusion.encoders.build_text_encoder` builds one
     from a spec string.
 
+    Attributes:
+        vocab_size: Number of token ids: :meth:`forward` accepts ids in ``[0, vocab_size)``
+            (what a caller checks ``tokens`` against, e.g. with a batch from elsewhere).
+
     Example:
         >>> from valfusion.encoders import LSTMTextEncoder, Vocabulary
         >>> vocab = Vocabulary.from_texts(["is red", "is blue"])
@@ -41,6 +45,8 @@ class TextEncoder(nn.Module, ABC):
         >>> encoder(tokens, lengths).shape
         torch.Size([2, 4])
     """
+
+    vocab_size: int
 
     @property
     @abstractmethod
