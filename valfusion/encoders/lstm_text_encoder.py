@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from valfusion._validation import check_choice, check_positive_int, check_tokens
+from valfusion.encoders.text_encoder import TextEncoder
+from valfusion.encoders.vocabulary import Vocabulary
 
 __all__ = ["LSTMTextEncoder"]
 
 _NORMS = ("batch", None)
 
 
-class LSTMTextEncoder(nn.Module):
+class LSTMTextEncoder(TextEncoder):
     """Word embeddings -> LSTM -> max-pool over valid steps -> dropout -> linear (-> BN).
 
     ``t = norm(W · dropout(max_{s < length} LSTM(E[tokens])_s) + b)``, shape ``(B, out_dim)``.
@@ -41,6 +46,10 @@ class LSTMTextEncoder(nn.Module):
             gradient.
         bidirectional: Run a bidirectional LSTM (pooled width ``2 * hidden_dim``).
         norm: ``"batch"`` for a ``BatchNorm1d`` after the projection, or ``None``.
+        vocabulary: The :class:`~valfusion.encoders.Vocabulary` whose ids the embedding
+            reads, for :meth:`tokenize` and :meth:`~valfusion.encoders.TextEncoder.encode`
+            (``None``: ids only). It is not a parameter: the state dict is the same with
+            or without it. :meth:`from_vocabulary` sizes the encoder from it.
 
     Attributes:
         embedding: ``nn.Embedding(vocab_size, word_dim)``; initialise it from word
@@ -48,8 +57,8 @@ class LSTMTextEncoder(nn.Module):
 
     Raises:
         ValueError: If a size is not a positive integer, ``dropout`` is not in
-            ``[0, 1)``, ``padding_idx`` is outside ``[0, vocab_size)`` or ``norm`` is
-            unknown.
+            ``[0, 1)``, ``padding_idx`` is outside ``[0, vocab_size)``, ``norm`` is
+            unknown, or ``vocabulary`` is not a Vocabulary of ``vocab_size`` ids.
 
     Example:
         >>> import torch
@@ -70,6 +79,7 @@ class LSTMTextEncoder(nn.Module):
         padding_idx: int = 0,
         bidirectional: bool = False,
         norm: str | None = "batch",
+        vocabulary: Vocabulary | None = None,
     ) -> None:
         super().__init__()
         for name, value in (
@@ -91,6 +101,18 @@ class LSTMTextEncoder(nn.Module):
                 f"padding_idx: expected an int in [0, vocab_size={vocab_size}), got {padding_idx!r}"
             )
         check_choice(norm, "norm", _NORMS)
+        if vocabulary is not None:
+            if not isinstance(vocabulary, Vocabulary):
+                raise ValueError(
+                    f"vocabulary: expected a valfusion.encoders.Vocabulary or None, got "
+                    f"{type(vocabulary).__name__}"
+                )
+            if len(vocabulary) != vocab_size:
+                raise ValueError(
+                    f"vocabulary: expected {vocab_size} ids (vocab_size), got a vocabulary "
+                    f"of {len(vocabulary)}"
+                )
+        self.vocabulary = vocabulary
         self.vocab_size = vocab_size
         self.out_dim = out_dim
         self.embedding = nn.Embedding(vocab_size, word_dim, padding_idx=padding_idx)
@@ -106,6 +128,51 @@ class LSTMTextEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.proj = nn.Linear(pooled_dim, out_dim)
         self.norm = nn.BatchNorm1d(out_dim) if norm == "batch" else nn.Identity()
+
+    @classmethod
+    def from_vocabulary(cls, vocabulary: Vocabulary, **kwargs: Any) -> LSTMTextEncoder:
+        """An encoder over ``vocabulary``'s ids (``vocab_size=len(vocabulary)``) that holds it.
+
+        Args:
+            vocabulary: The vocabulary :meth:`tokenize` uses.
+            **kwargs: The other constructor arguments (``word_dim``, ``out_dim``, ...).
+
+        Returns:
+            The encoder; its state dict has the same keys as one built without a vocabulary.
+        """
+        if not isinstance(vocabulary, Vocabulary):
+            raise ValueError(
+                f"vocabulary: expected a valfusion.encoders.Vocabulary, got "
+                f"{type(vocabulary).__name__}"
+            )
+        return cls(len(vocabulary), vocabulary=vocabulary, **kwargs)
+
+    @property
+    def output_dim(self) -> int:
+        """Width ``D`` of the features (``out_dim``)."""
+        return self.out_dim
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """``vocabulary.encode(texts)``: ids ``(B, T)`` and lengths ``(B,)``, both long.
+
+        Words are cut as by :func:`~valfusion.encoders.tokenize`; unknown words map to
+        ``UNK``; an empty text is one ``UNK``; at most ``vocabulary.max_tokens`` ids per
+        text (see :meth:`~valfusion.encoders.Vocabulary.encode`).
+
+        Args:
+            texts: ``B >= 1`` strings.
+
+        Raises:
+            ValueError: If the encoder holds no vocabulary, or ``texts`` is not a
+                non-empty sequence of strings.
+        """
+        if self.vocabulary is None:
+            raise ValueError(
+                "vocabulary: this LSTMTextEncoder has none, so it cannot tokenize text; "
+                "build it with LSTMTextEncoder.from_vocabulary(vocabulary, ...)"
+            )
+        ids, lengths = self.vocabulary.encode(texts)
+        return ids, lengths
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """Encode a padded batch of token ids.
