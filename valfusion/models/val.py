@@ -48,6 +48,7 @@ from valfusion.models.config import LEGACY_WEIGHTS_FILE as LEGACY_WEIGHTS_FILE
 from valfusion.models.config import VOCABULARY_FILE as VOCABULARY_FILE
 from valfusion.models.config import WEIGHTS_FILE as WEIGHTS_FILE
 from valfusion.models.config import WEIGHTS_FILES as WEIGHTS_FILES
+from valfusion.models.hub import is_repo_id, load_from_hub, push_model_to_hub
 from valfusion.models.outputs import CompositionOutput, SearchResult
 from valfusion.models.search import (
     check_exclude,
@@ -642,8 +643,22 @@ class VAL(nn.Module):
         *,
         backbone: FeaturePyramid | None = None,
         map_location: str | torch.device = "cpu",
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
     ) -> VAL:
         """Rebuild a model written by :meth:`save_pretrained`, in evaluation mode.
+
+        ``directory`` is a local folder, or a Hugging Face Hub repo id ``"owner/name"``
+        (a string of that form that is not an existing path) when the optional
+        ``huggingface_hub`` package is installed (``hub`` extra): the repo's
+        ``config.json``, weights and ``vocabulary.json`` are then fetched through the Hub's
+        cache (``huggingface_hub``'s ``ModelHubMixin.from_pretrained``; nothing is
+        downloaded that is already cached, and nothing at all with ``HF_HUB_OFFLINE=1`` or
+        ``local_files_only=True``) and loaded as a local folder. A local folder never uses
+        the network or ``huggingface_hub``.
 
         The weights are ``model.safetensors`` when the folder has it (it needs the
         ``safetensors`` package), else ``model.pt`` (folders written before, or without
@@ -653,24 +668,103 @@ class VAL(nn.Module):
         fine-tune.
 
         Args:
-            directory: The directory given to :meth:`save_pretrained`.
+            directory: The directory given to :meth:`save_pretrained`, or a Hub repo id
+                ``"owner/name"`` (see :meth:`push_to_hub`).
             backbone: The backbone module, required when the config says ``"custom"``
                 (its weights are then overwritten by the saved ones).
             map_location: Where to load the weights.
+            revision: Hub only: branch, tag or commit (default: ``main``).
+            cache_dir: Hub only: the cache folder (default: ``HF_HUB_CACHE``).
+            force_download: Hub only: download again even if cached.
+            local_files_only: Hub only: use the cache, never the network.
+            token: Hub only: access token for private repos (default: the saved login).
 
         Returns:
             The model, in eval mode, with the saved vocabulary (if one was saved).
 
         Raises:
             FileNotFoundError: If the directory lacks ``config.json`` or both
-                ``model.safetensors`` and ``model.pt``.
+                ``model.safetensors`` and ``model.pt``; for a repo id, if the Hub (or,
+                offline, its cache) has no such model.
+            ImportError: If ``directory`` is a repo id and ``huggingface_hub`` is not
+                installed (``pip install 'valfusion[hub]'``).
             ValueError: Naming the file, if ``config.json`` is not a valid configuration,
                 or the weights file is empty, truncated or corrupted, is refused as unsafe (a
                 pickle that would run code: nothing in it is executed), or does not fit
                 the configuration (missing or unexpected entries, other shapes, integer
-                values for floating-point weights, NaN or inf).
+                values for floating-point weights, NaN or inf); naming the option, if a
+                Hub-only option is given with a local folder.
         """
+        if is_repo_id(directory):
+            model: VAL = load_from_hub(
+                directory,
+                lambda folder: cls.from_pretrained(
+                    folder, backbone=backbone, map_location=map_location
+                ),
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                local_files_only=local_files_only,
+                token=token,
+            )
+            return model
+        hub_only = {
+            "revision": revision is not None,
+            "cache_dir": cache_dir is not None,
+            "force_download": force_download,
+            "local_files_only": local_files_only,
+            "token": token is not None,
+        }
+        given = [name for name, used in hub_only.items() if used]
+        if given:
+            raise ValueError(
+                f"{given[0]}: an option for a Hugging Face Hub repo id, but directory "
+                f"{os.fspath(directory)!r} is read as a local folder"
+            )
         config, vocabulary, weights = read_pretrained(directory)
         model = cls(config, vocabulary=vocabulary, backbone=backbone)
         model.load_state_dict(load_weights(weights, model.state_dict(), map_location))
         return model.eval()
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str = "Upload VAL model with valfusion",
+        private: bool | None = None,
+        token: str | None = None,
+        branch: str | None = None,
+        create_pr: bool = False,
+    ) -> str:
+        """Upload the model to a Hugging Face Hub repo (needs the ``hub`` extra).
+
+        The repo is created if it does not exist; one commit adds what :meth:`save_pretrained`
+        writes (``config.json``, ``model.safetensors``, ``vocabulary.json``) and a model card
+        (``README.md``, with ``library_name: valfusion``), through ``huggingface_hub``'s
+        ``ModelHubMixin.push_to_hub``. :meth:`from_pretrained` loads it back from the repo id.
+
+        Args:
+            repo_id: ``"owner/name"``.
+            commit_message: The commit's message.
+            private: Whether a new repo is private (``None``: the account's default).
+            token: Access token with write access (default: the saved login).
+            branch: Branch to push to (default: ``main``).
+            create_pr: Open a pull request instead of committing to the branch.
+
+        Returns:
+            The URL of the commit.
+
+        Raises:
+            ValueError: If ``repo_id`` is not an ``"owner/name"`` string.
+            ImportError: If ``huggingface_hub`` is not installed (``pip install
+                'valfusion[hub]'``).
+        """
+        return push_model_to_hub(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            branch=branch,
+            create_pr=create_pr,
+        )
