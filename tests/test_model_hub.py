@@ -130,8 +130,8 @@ def test_without_huggingface_hub_local_folders_work_and_repo_ids_name_the_extra(
     assert lines[0] == "['config.json', 'model.safetensors', 'vocabulary.json']"
     assert lines[1] == "local ok"
     assert len(lines) == 4
-    assert lines[2].startswith("error: directory: 'owner/name' ")
-    assert lines[3].startswith("error: repo_id: 'owner/name' ")
+    assert lines[2].startswith("error: directory: 'owner/name': not a local folder")
+    assert lines[3].startswith("error: repo_id: 'owner/name': pushing")
     assert all("pip install 'valfusion[hub]'" in line for line in lines[2:])
 
 

@@ -67,11 +67,8 @@ def is_repo_id(name: object) -> TypeGuard[str]:
     )
 
 
-def _missing_hub(argument: str, value: str) -> ImportError:
-    return ImportError(
-        f"{argument}: {value!r} is a Hugging Face Hub repo id (not a local folder), which "
-        f"needs huggingface_hub: {HUB_EXTRA}"
-    )
+def _missing_hub(argument: str, value: str, needs: str) -> ImportError:
+    return ImportError(f"{argument}: {value!r}: {needs} needs huggingface_hub: {HUB_EXTRA}")
 
 
 @functools.cache
@@ -153,14 +150,15 @@ def load_from_hub(
     """
     try:
         hub_model = _hub_model()
-        from huggingface_hub.errors import (
+        from huggingface_hub.utils import (
             HFValidationError,
             LocalEntryNotFoundError,
             RepositoryNotFoundError,
             RevisionNotFoundError,
         )
-    except ImportError:
-        raise _missing_hub("directory", repo_id) from None
+    except ImportError as error:
+        needs = "not a local folder; reading it as a Hugging Face Hub repo id"
+        raise _missing_hub("directory", repo_id, needs) from error
     try:
         loaded = hub_model.from_pretrained(
             repo_id,
@@ -219,8 +217,8 @@ def push_model_to_hub(
         raise ValueError(f"repo_id: expected a Hub repo id 'owner/name', got {repo_id!r}")
     try:
         hub_model = _hub_model()
-    except ImportError:
-        raise _missing_hub("repo_id", repo_id) from None
+    except ImportError as error:
+        raise _missing_hub("repo_id", repo_id, "pushing to the Hugging Face Hub") from error
     commit = hub_model(model).push_to_hub(
         repo_id,
         commit_message=commit_message,

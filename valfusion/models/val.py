@@ -8,8 +8,9 @@ compared in one harness.
 This module holds the model itself (composition, losses, the forward pass); what it is
 made of as data is in :mod:`~valfusion.models.config`, its outputs in
 :mod:`~valfusion.models.outputs`, the backbone it builds in
-:mod:`~valfusion.models.backbones`, search in :mod:`~valfusion.models.search` and the saved
-folder in :mod:`~valfusion.models.serialization`. The names below are re-exported so that
+:mod:`~valfusion.models.backbones`, search in :mod:`~valfusion.models.search`, the saved
+folder in :mod:`~valfusion.models.serialization` and its Hugging Face Hub side in
+:mod:`~valfusion.models.hub`. The names below are re-exported so that
 ``from valfusion.models.val import VAL, VALConfig, ...`` keeps working.
 """
 
