@@ -4,31 +4,30 @@
 embeddings -> concatenation``. Every piece is a public class, so the same model can be
 built by hand in user code; the composer is chosen by name, so VAL and its baselines are
 compared in one harness.
+
+This module holds the model itself (composition, losses, the forward pass); what it is
+made of as data is in :mod:`~valfusion.models.config`, its outputs in
+:mod:`~valfusion.models.outputs`, the backbone it builds in
+:mod:`~valfusion.models.backbones`, search in :mod:`~valfusion.models.search`, the saved
+folder in :mod:`~valfusion.models.serialization` and its Hugging Face Hub side in
+:mod:`~valfusion.models.hub`. The names below are re-exported so that
+``from valfusion.models.val import VAL, VALConfig, ...`` keeps working.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-import operator
 import os
-import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, overload
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
 from einops import reduce
 from torch import Tensor, nn
 
-from valfusion._io import atomic_write
-from valfusion._tensor_files import load_safetensors_file, load_tensor_file, safetensors_available
 from valfusion._validation import (
-    check_choice,
     check_floating,
     check_ndim,
     check_positive_int,
@@ -37,209 +36,34 @@ from valfusion._validation import (
     check_tokens,
     fmt_shape,
 )
-from valfusion.encoders import (
-    FeaturePyramid,
-    LSTMTextEncoder,
-    SmallConvPyramid,
-    TorchvisionResNetPyramid,
-    Vocabulary,
-    check_images,
-    tokenize,
-)
-from valfusion.layers import COMPOSERS, CompositeAttention, MultiLevelComposer
+from valfusion.encoders import FeaturePyramid, LSTMTextEncoder, Vocabulary, check_images
+from valfusion.layers import MultiLevelComposer
 from valfusion.losses import HierarchicalMatchingLoss, HierarchicalMatchingOutput
-from valfusion.losses.hierarchical_matching import FORMS as _LOSS_FORMS
 from valfusion.metrics._checks import check_finite
-from valfusion.metrics.ranking import chunk_scores, mask_excluded, prepare_gallery, topk_by_rule
+from valfusion.models.backbones import build_backbone, check_backbone
+from valfusion.models.config import BACKBONES, VALConfig
+
+# The file names lived here before the split: re-exported for the CLI and user code.
+from valfusion.models.config import CONFIG_FILE as CONFIG_FILE
+from valfusion.models.config import LEGACY_WEIGHTS_FILE as LEGACY_WEIGHTS_FILE
+from valfusion.models.config import VOCABULARY_FILE as VOCABULARY_FILE
+from valfusion.models.config import WEIGHTS_FILE as WEIGHTS_FILE
+from valfusion.models.config import WEIGHTS_FILES as WEIGHTS_FILES
+from valfusion.models.hub import is_repo_id, load_from_hub, push_model_to_hub
+from valfusion.models.outputs import CompositionOutput, SearchResult
+from valfusion.models.search import (
+    check_exclude,
+    check_gallery,
+    embed_in_batches,
+    evaluation_mode,
+    query_image,
+    query_text,
+    rank_gallery,
+    warn_if_unknown,
+)
+from valfusion.models.serialization import load_weights, read_pretrained, write_pretrained
 
 __all__ = ["BACKBONES", "VAL", "CompositionOutput", "SearchResult", "VALConfig"]
-
-BACKBONES: tuple[str, ...] = ("small", "resnet18", "resnet34", "resnet50", "resnet101", "custom")
-"""Backbones :class:`VAL` can build from its configuration alone. ``"small"`` is
-:class:`~valfusion.encoders.SmallConvPyramid`; the ResNets are torchvision's stages
-2-4 (``vision`` extra), built without weights: pass trained weights through the
-``backbone=`` argument or :meth:`VAL.from_pretrained`. ``"custom"`` is any other
-:class:`~valfusion.encoders.FeaturePyramid`, passed as ``backbone=``."""
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-LEGACY_WEIGHTS_FILE = "model.pt"
-#: The weight files :meth:`VAL.from_pretrained` looks for, in order of preference.
-WEIGHTS_FILES = (WEIGHTS_FILE, LEGACY_WEIGHTS_FILE)
-VOCABULARY_FILE = "vocabulary.json"
-
-_RESNET_STAGES = (2, 3, 4)
-
-
-@dataclass
-class VALConfig:
-    """Everything needed to rebuild a :class:`VAL` model (saved as ``config.json``).
-
-    Attributes:
-        vocab_size: Number of token ids ``V`` of the text encoder (``len(vocabulary)``).
-        composer: One of :data:`~valfusion.layers.COMPOSERS`: ``"val"`` (composite
-            transformer, paper configuration), ``"val_official"`` (the official graph),
-            ``"tirg"`` (per position), ``"tirg_pooled"`` (on pooled features),
-            ``"concat"``, ``"combiner"`` (CLIP4Cir's, on pooled features),
-            ``"image_only"``, ``"text_only"``.
-        backbone: One of :data:`BACKBONES`; ``"custom"`` means the backbone module is
-            passed to the constructor (and to :meth:`VAL.from_pretrained`).
-        backbone_channels: Level channels ``(C_1, ..., C_L)`` of the ``"small"`` backbone.
-        image_size: Input image side ``H = W``. Only ``"val_official"`` depends on it (its
-            spatial gate kernel is the whole feature map, so queries must have this size).
-        word_dim: Word embedding size.
-        text_hidden_dim: LSTM hidden size.
-        text_dim: Text feature size ``D`` fed to every composer.
-        text_dropout: Dropout before the text projection.
-        semantic_dim: Size ``S`` of the visual-semantic space for side information;
-            ``None`` disables the side-information head and the visual-semantic loss.
-        composer_kwargs: Extra options for every level's composer (e.g.
-            ``{"num_heads": 4}`` for ``"val"``); JSON values only, since they are saved in
-            ``config.json`` (tuples are stored as lists).
-        loss: ``"softmax"`` (batch classification, the paper) or ``"triplet"``
-            (bidirectional semi-hard triplet, the release).
-        temperature: Softmax temperature ``tau``.
-        learnable_temperature: Learn ``tau`` (clamped).
-        margin: Triplet margin.
-        level_weights: Per-level loss weights ``w_l``, one per backbone level (default:
-            all 1).
-        semantic_weight: Weight ``lambda`` of the visual-semantic term.
-
-    Raises:
-        ValueError: Naming the field, if a size is not a positive integer, a name is
-            unknown, or ``composer_kwargs`` is not JSON-serialisable (or is given for the
-            fixed ``"val_official"`` configuration).
-    """
-
-    vocab_size: int
-    composer: str = "val"
-    backbone: str = "small"
-    backbone_channels: tuple[int, ...] = (32, 64, 128)
-    image_size: int = 64
-    word_dim: int = 300
-    text_hidden_dim: int = 1024
-    text_dim: int = 512
-    text_dropout: float = 0.1
-    semantic_dim: int | None = None
-    composer_kwargs: dict[str, Any] = field(default_factory=dict)
-    loss: Literal["softmax", "triplet"] = "softmax"
-    temperature: float = 0.1
-    learnable_temperature: bool = False
-    margin: float = 0.2
-    level_weights: tuple[float, ...] | None = None
-    semantic_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        for name in ("vocab_size", "image_size", "word_dim", "text_hidden_dim", "text_dim"):
-            check_positive_int(getattr(self, name), name)
-        if self.semantic_dim is not None:
-            check_positive_int(self.semantic_dim, "semantic_dim")
-        check_choice(self.composer, "composer", COMPOSERS)
-        check_choice(self.backbone, "backbone", BACKBONES)
-        check_choice(self.loss, "loss", _LOSS_FORMS)
-        self.backbone_channels = tuple(self.backbone_channels)
-        if not self.backbone_channels:
-            raise ValueError("backbone_channels: expected at least one level, got ()")
-        for value in self.backbone_channels:
-            check_positive_int(value, "backbone_channels")
-        if self.level_weights is not None:
-            self.level_weights = tuple(float(w) for w in self.level_weights)
-        if not isinstance(self.composer_kwargs, Mapping):
-            raise ValueError(
-                f"composer_kwargs: expected a dict of options, got "
-                f"{type(self.composer_kwargs).__name__}"
-            )
-        if self.composer == "val_official" and self.composer_kwargs:
-            raise ValueError(
-                f"composer_kwargs: 'val_official' is a fixed configuration, got options "
-                f"{sorted(self.composer_kwargs)}"
-            )
-        try:
-            # Canonical JSON form, so that a saved and reloaded config compares equal.
-            self.composer_kwargs = json.loads(json.dumps(dict(self.composer_kwargs)))
-        except (TypeError, ValueError) as error:
-            raise ValueError(
-                f"composer_kwargs: expected JSON values (they are saved in {CONFIG_FILE}); "
-                f"build the model by hand for other options. Got {self.composer_kwargs!r}: "
-                f"{error}"
-            ) from error
-
-    def to_dict(self) -> dict[str, Any]:
-        """The configuration as a JSON-serialisable dictionary.
-
-        Returns:
-            One entry per field; tuples become lists.
-        """
-        data = dataclasses.asdict(self)
-        data["backbone_channels"] = list(self.backbone_channels)
-        if self.level_weights is not None:
-            data["level_weights"] = list(self.level_weights)
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> VALConfig:
-        """Inverse of :meth:`to_dict`.
-
-        Args:
-            data: Field values by name; missing fields take their defaults.
-
-        Returns:
-            The configuration.
-
-        Raises:
-            ValueError: If ``data`` is not a mapping, has a key that is not a field (a
-                config from another version), or a field value is invalid.
-        """
-        if not isinstance(data, Mapping):
-            raise ValueError(
-                f"data: expected a mapping of config fields, got {type(data).__name__}"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(
-                f"data: unknown config keys {unknown}; expected a subset of {sorted(known)}"
-            )
-        values = dict(data)
-        if "backbone_channels" in values:
-            values["backbone_channels"] = tuple(values["backbone_channels"])
-        if values.get("level_weights") is not None:
-            values["level_weights"] = tuple(values["level_weights"])
-        return cls(**values)
-
-
-@dataclass
-class CompositionOutput:
-    """What :meth:`VAL.compose` and :meth:`VAL.encode_image` return when levels or
-    attention are asked for.
-
-    Attributes:
-        embedding: ``(B, E)`` retrieval embedding, unit norm, ``E = sum_l C_l``.
-        levels: ``L`` unit-norm level embeddings, level ``l`` of shape ``(B, C_l)``.
-        attention: When asked for, one entry per level: a
-            :class:`~valfusion.layers.CompositeAttention` with batch size ``B`` for the
-            ``"val"`` composers, ``None`` for composers without attention maps.
-    """
-
-    embedding: Tensor
-    levels: list[Tensor]
-    attention: list[CompositeAttention | None] | None = None
-
-
-@dataclass
-class SearchResult:
-    """Top-k gallery items of one query (:meth:`VAL.search`).
-
-    Attributes:
-        indices: ``(k,)`` long gallery indices, best first (ties: lower index first).
-        scores: ``(k,)`` cosine similarities of those items to the query, descending.
-        attention: When asked for, the query's per-level attention (batch size 1, see
-            :class:`CompositionOutput`), else ``None``.
-    """
-
-    indices: Tensor
-    scores: Tensor
-    attention: list[CompositeAttention | None] | None = None
 
 
 def _pool_levels(maps: Sequence[Tensor]) -> list[Tensor]:
@@ -248,7 +72,10 @@ def _pool_levels(maps: Sequence[Tensor]) -> list[Tensor]:
     Half-precision maps (autocast) are pooled in float32; float32 and float64 keep theirs.
     """
     return [
-        F.normalize(reduce(m.to(torch.promote_types(m.dtype, torch.float32)), "b c h w -> b c", "mean"), dim=-1)
+        F.normalize(
+            reduce(m.to(torch.promote_types(m.dtype, torch.float32)), "b c h w -> b c", "mean"),
+            dim=-1,
+        )
         for m in maps
     ]
 
@@ -260,130 +87,6 @@ def _concat_levels(levels: Sequence[Tensor]) -> Tensor:
     how the official evaluation combines levels.
     """
     return torch.cat(list(levels), dim=-1) / math.sqrt(len(levels))
-
-
-@contextmanager
-def _evaluation_mode(module: nn.Module) -> Iterator[None]:
-    """Run a block with ``module`` in eval mode, then restore every submodule's own flag.
-
-    Restoring per submodule keeps parts that were deliberately in eval mode (frozen
-    backbone stages) as they were.
-    """
-    modes = [(m, m.training) for m in module.modules()]
-    module.eval()
-    try:
-        yield
-    finally:
-        for m, mode in modes:
-            m.training = mode
-
-
-def _build_backbone(config: VALConfig) -> FeaturePyramid:
-    """The image pyramid named by ``config.backbone`` (never downloads weights)."""
-    if config.backbone == "small":
-        return SmallConvPyramid(config.backbone_channels)
-    if config.backbone == "custom":
-        raise ValueError(
-            "backbone: config.backbone is 'custom'; pass the FeaturePyramid module as backbone="
-        )
-    return TorchvisionResNetPyramid(arch=config.backbone, stages=_RESNET_STAGES)
-
-
-def _check_backbone(config: VALConfig, backbone: object) -> FeaturePyramid:
-    """A passed backbone must be what ``config.backbone`` names, so that
-    :meth:`VAL.from_pretrained` can rebuild it; ``"custom"`` accepts any pyramid."""
-    if not isinstance(backbone, FeaturePyramid):
-        raise ValueError(
-            f"backbone: expected a valfusion.encoders.FeaturePyramid, got {type(backbone).__name__}"
-        )
-    if config.backbone == "custom":
-        return backbone
-    if config.backbone == "small":
-        fits = (
-            isinstance(backbone, SmallConvPyramid) and backbone.channels == config.backbone_channels
-        )
-        named = f"SmallConvPyramid(channels={config.backbone_channels})"
-    else:
-        fits = (
-            isinstance(backbone, TorchvisionResNetPyramid)
-            and backbone.arch == config.backbone
-            and backbone.stages == _RESNET_STAGES
-        )
-        named = f"TorchvisionResNetPyramid({config.backbone!r}, stages={_RESNET_STAGES})"
-    if not fits:
-        raise ValueError(
-            f"backbone: config.backbone={config.backbone!r} means {named} (what "
-            f"from_pretrained rebuilds), got a {type(backbone).__name__} with channels "
-            f"{backbone.channels}; set config.backbone='custom' to use any other FeaturePyramid"
-        )
-    return backbone
-
-
-def _names(names: Sequence[str], limit: int = 3) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
-
-
-def _weights_to_save(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """CPU copies of a state dict that safetensors accepts: contiguous, no two sharing memory.
-
-    safetensors refuses tensors that share storage (tied weights) and non-contiguous
-    views; each later entry on an already-seen storage gets its own copy, which
-    ``load_state_dict`` copies back into the tied parameter (the same values twice).
-    """
-    saved: dict[str, Tensor] = {}
-    seen: set[int] = set()
-    for name, value in state.items():
-        value = value.detach().cpu().contiguous()
-        storage = value.untyped_storage().data_ptr()
-        if value.numel() and storage in seen:
-            value = value.clone()
-        elif value.numel():
-            seen.add(storage)
-        saved[name] = value
-    return saved
-
-
-def _check_weights(state: object, expected: Mapping[str, Tensor], path: Path) -> None:
-    """Require the saved weights to fit the model built from ``config.json``.
-
-    ``load_state_dict`` would raise a multi-line error for other names or shapes and would
-    silently cast integer values into floating-point weights; NaN or inf would make every
-    score NaN. Each case is one line naming ``path``.
-    """
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
-    ):
-        raise ValueError(
-            f"directory: {path} holds a {type(state).__name__}, expected a state dict "
-            f"(weight name -> tensor) as written by VAL.save_pretrained"
-        )
-    missing = [name for name in expected if name not in state]
-    unexpected = [name for name in state if name not in expected]
-    if missing or unexpected:
-        found = [f"missing {_names(missing)}"] if missing else []
-        found += [f"unexpected {_names(unexpected)}"] if unexpected else []
-        raise ValueError(
-            f"directory: {path} does not fit {CONFIG_FILE}: {'; '.join(found)} "
-            f"(weights of another configuration?)"
-        )
-    for name, value in state.items():
-        want = expected[name]
-        if value.shape != want.shape:
-            raise ValueError(
-                f"directory: {path} does not fit {CONFIG_FILE}: {name} has shape "
-                f"{fmt_shape(value)} in the file, {fmt_shape(want)} in the model "
-                f"(weights of another configuration?)"
-            )
-        if value.is_floating_point() != want.is_floating_point():
-            raise ValueError(
-                f"directory: {path} does not fit {CONFIG_FILE}: {name} is {value.dtype} in "
-                f"the file, {want.dtype} in the model"
-            )
-        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
-            raise ValueError(
-                f"directory: {path} holds NaN or inf in {name} (weights of a diverged run?)"
-            )
 
 
 class VAL(nn.Module):
@@ -450,7 +153,7 @@ class VAL(nn.Module):
         self.config = config
         self.vocabulary = vocabulary
         self.backbone = (
-            _build_backbone(config) if backbone is None else _check_backbone(config, backbone)
+            build_backbone(config) if backbone is None else check_backbone(config, backbone)
         )
         num_levels = self.backbone.num_levels
         if config.level_weights is not None and len(config.level_weights) != num_levels:
@@ -840,18 +543,10 @@ class VAL(nn.Module):
             ValueError: If ``images`` is malformed or empty, or ``batch_size`` is not a
                 positive integer.
         """
-        check_images(images, "images")
-        if images.shape[0] == 0:
-            raise ValueError("images: expected at least one gallery image, got shape (0, ...)")
-        check_positive_int(batch_size, "batch_size")
         device = self._device()
-        with _evaluation_mode(self):
-            return torch.cat(
-                [
-                    self._encode_targets(chunk.to(device)).embedding
-                    for chunk in images.split(batch_size)
-                ],
-                dim=0,
+        with evaluation_mode(self):
+            return embed_in_batches(
+                lambda chunk: self._encode_targets(chunk).embedding, images, batch_size, device
             )
 
     @torch.no_grad()
@@ -901,64 +596,16 @@ class VAL(nn.Module):
                 unknown to the vocabulary (the results then ignore what it says).
         """
         check_positive_int(k, "k")
-        if not isinstance(image, Tensor) or image.dim() not in (3, 4):
-            got = fmt_shape(image) if isinstance(image, Tensor) else type(image).__name__
-            raise ValueError(f"image: expected one image (3, H, W) or (1, 3, H, W), got {got}")
-        if image.dim() == 3:
-            image = image.unsqueeze(0)
-        if image.shape[0] != 1:
-            raise ValueError(
-                f"image: expected one image (3, H, W) or (1, 3, H, W), got shape {fmt_shape(image)}"
-            )
-        if isinstance(text, str):
-            if self.vocabulary is None:
-                raise ValueError(
-                    "text: raw text needs the model's vocabulary (none was given); pass "
-                    "(tokens, lengths) instead"
-                )
-            tokens, lengths = self.vocabulary.encode([text])
-        elif isinstance(text, (tuple, list)) and len(text) == 2:
-            tokens, lengths = text
-        else:
-            raise ValueError(
-                f"text: expected a str or a pair (tokens (1, T), lengths (1,)), got "
-                f"{type(text).__name__}"
-            )
+        image = query_image(image)
+        tokens, lengths = query_text(text, self.vocabulary)
         self._check_query(image, tokens, lengths, ("image", "text[0]", "text[1]"), inference=True)
         check_finite(image.flatten(1), "image")
-        self._warn_if_unknown(text, tokens, lengths)
-
-        if not isinstance(gallery, Tensor) or gallery.dim() not in (2, 4):
-            got = fmt_shape(gallery) if isinstance(gallery, Tensor) else type(gallery).__name__
-            raise ValueError(
-                f"gallery: expected images (G, 3, H, W) or embeddings (G, {self.embedding_dim}), "
-                f"got {got}"
-            )
-        if gallery.dim() == 4:
-            check_images(gallery, "gallery")
-        else:
-            check_floating(gallery, "gallery")
-            check_size(gallery, "gallery", 1, self.embedding_dim, "embedding size E")
-        size = gallery.shape[0]
-        if size == 0:
-            raise ValueError(f"gallery: expected at least one item, got shape {fmt_shape(gallery)}")
-        check_finite(gallery.flatten(1), "gallery")
-        if exclude is not None:
-            try:
-                if isinstance(exclude, bool):
-                    raise TypeError
-                exclude = operator.index(exclude)
-            except TypeError:
-                raise ValueError(
-                    f"exclude: expected a gallery index (int) or None, got {exclude!r}"
-                ) from None
-            if not 0 <= exclude < size:
-                raise ValueError(
-                    f"exclude: expected a gallery index in [0, G={size}), got {exclude}"
-                )
+        warn_if_unknown(text, tokens, lengths, self.vocabulary, stacklevel=3)
+        gallery = check_gallery(gallery, self.embedding_dim)
+        exclude = check_exclude(exclude, gallery.shape[0])
 
         device = self._device()
-        with _evaluation_mode(self):
+        with evaluation_mode(self):
             query = self._encode_queries(
                 image.to(device), tokens.to(device), lengths.to(device), return_attention
             )
@@ -966,38 +613,8 @@ class VAL(nn.Module):
                 embeddings = self.embed_gallery(gallery, batch_size)
             else:
                 embeddings = gallery.to(device)
-        # Scored and ranked exactly as recall_at_k does: the package's one ranking rule.
-        embedding = query.embedding
-        scores = chunk_scores(embedding, prepare_gallery(embeddings.to(embedding.dtype), "cosine"))
-        if exclude is not None:
-            mask_excluded(scores, torch.tensor([exclude], device=scores.device))
-        order = topk_by_rule(scores, min(k, size - (exclude is not None)))[0]
-        return SearchResult(order, scores[0, order], query.attention)
-
-    def _warn_if_unknown(
-        self, text: str | tuple[Tensor, Tensor], tokens: Tensor, lengths: Tensor
-    ) -> None:
-        """Warn when no word of the query text is in the vocabulary: the results then
-        ignore the text (every word is the same unknown token)."""
-        if self.vocabulary is None:
-            return
-        ids = tokens[0, : int(lengths[0])]
-        if not bool((ids == self.vocabulary.unk_id).all()):
-            return
-        size = len(self.vocabulary)
-        if isinstance(text, str) and not tokenize(text):
-            message = f"text {text!r} has no words: the results ignore the text"
-        else:
-            named = f"text {text!r}" if isinstance(text, str) else "text (the given token ids)"
-            message = (
-                f"{named}: every word is unknown to the model's vocabulary ({size} tokens), "
-                "so the results ignore what the text says"
-            )
-        warnings.warn(
-            message,
-            UserWarning,
-            stacklevel=4,
-        )
+        indices, scores = rank_gallery(query.embedding, embeddings, k, exclude)
+        return SearchResult(indices, scores, query.attention)
 
     # ------------------------------------------------------------------ persistence
 
@@ -1018,26 +635,7 @@ class VAL(nn.Module):
         Returns:
             The directory path.
         """
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        config = (json.dumps(self.config.to_dict(), indent=2) + "\n").encode()
-        atomic_write(path / CONFIG_FILE, lambda f: f.write(config))
-        if self.vocabulary is not None:
-            self.vocabulary.save(path / VOCABULARY_FILE)
-        else:
-            (path / VOCABULARY_FILE).unlink(missing_ok=True)
-        state = _weights_to_save(self.state_dict())
-        if safetensors_available():
-            import safetensors.torch
-
-            data = safetensors.torch.save(state, metadata={"format": "pt"})
-            atomic_write(path / WEIGHTS_FILE, lambda f: f.write(data))
-            stale = LEGACY_WEIGHTS_FILE
-        else:
-            atomic_write(path / LEGACY_WEIGHTS_FILE, lambda f: torch.save(state, f))
-            stale = WEIGHTS_FILE
-        (path / stale).unlink(missing_ok=True)
-        return path
+        return write_pretrained(directory, self.config, self.vocabulary, self.state_dict())
 
     @classmethod
     def from_pretrained(
@@ -1046,8 +644,22 @@ class VAL(nn.Module):
         *,
         backbone: FeaturePyramid | None = None,
         map_location: str | torch.device = "cpu",
+        revision: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        force_download: bool = False,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
     ) -> VAL:
         """Rebuild a model written by :meth:`save_pretrained`, in evaluation mode.
+
+        ``directory`` is a local folder, or a Hugging Face Hub repo id ``"owner/name"``
+        (a string of that form that is not an existing path) when the optional
+        ``huggingface_hub`` package is installed (``hub`` extra): the repo's
+        ``config.json``, weights and ``vocabulary.json`` are then fetched through the Hub's
+        cache (``huggingface_hub``'s ``ModelHubMixin.from_pretrained``; nothing is
+        downloaded that is already cached, and nothing at all with ``HF_HUB_OFFLINE=1`` or
+        ``local_files_only=True``) and loaded as a local folder. A local folder never uses
+        the network or ``huggingface_hub``.
 
         The weights are ``model.safetensors`` when the folder has it (it needs the
         ``safetensors`` package), else ``model.pt`` (folders written before, or without
@@ -1057,51 +669,103 @@ class VAL(nn.Module):
         fine-tune.
 
         Args:
-            directory: The directory given to :meth:`save_pretrained`.
+            directory: The directory given to :meth:`save_pretrained`, or a Hub repo id
+                ``"owner/name"`` (see :meth:`push_to_hub`).
             backbone: The backbone module, required when the config says ``"custom"``
                 (its weights are then overwritten by the saved ones).
             map_location: Where to load the weights.
+            revision: Hub only: branch, tag or commit (default: ``main``).
+            cache_dir: Hub only: the cache folder (default: ``HF_HUB_CACHE``).
+            force_download: Hub only: download again even if cached.
+            local_files_only: Hub only: use the cache, never the network.
+            token: Hub only: access token for private repos (default: the saved login).
 
         Returns:
             The model, in eval mode, with the saved vocabulary (if one was saved).
 
         Raises:
             FileNotFoundError: If the directory lacks ``config.json`` or both
-                ``model.safetensors`` and ``model.pt``.
+                ``model.safetensors`` and ``model.pt``; for a repo id, if the Hub (or,
+                offline, its cache) has no such model.
+            ImportError: If ``directory`` is a repo id and ``huggingface_hub`` is not
+                installed (``pip install 'valfusion[hub]'``).
             ValueError: Naming the file, if ``config.json`` is not a valid configuration,
                 or the weights file is empty, truncated or corrupted, is refused as unsafe (a
                 pickle that would run code: nothing in it is executed), or does not fit
                 the configuration (missing or unexpected entries, other shapes, integer
-                values for floating-point weights, NaN or inf).
+                values for floating-point weights, NaN or inf); naming the option, if a
+                Hub-only option is given with a local folder.
         """
-        path = Path(directory)
-        if not (path / CONFIG_FILE).is_file():
-            raise FileNotFoundError(
-                f"directory: {path} has no {CONFIG_FILE}; not a directory written by "
-                f"VAL.save_pretrained"
+        if is_repo_id(directory):
+            model: VAL = load_from_hub(
+                directory,
+                lambda folder: cls.from_pretrained(
+                    folder, backbone=backbone, map_location=map_location
+                ),
+                revision=revision,
+                cache_dir=cache_dir,
+                force_download=force_download,
+                local_files_only=local_files_only,
+                token=token,
             )
-        weights = next((path / name for name in WEIGHTS_FILES if (path / name).is_file()), None)
-        if weights is None:
-            raise FileNotFoundError(
-                f"directory: {path} has no {' or '.join(WEIGHTS_FILES)}; not a directory "
-                f"written by VAL.save_pretrained"
-            )
-        try:
-            data = json.loads((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+            return model
+        hub_only = {
+            "revision": revision is not None,
+            "cache_dir": cache_dir is not None,
+            "force_download": force_download,
+            "local_files_only": local_files_only,
+            "token": token is not None,
+        }
+        given = [name for name, used in hub_only.items() if used]
+        if given:
             raise ValueError(
-                f"directory: {path / CONFIG_FILE} is not valid JSON ({error})"
-            ) from error
-        try:
-            config = VALConfig.from_dict(data)
-        except ValueError as error:
-            raise ValueError(f"directory: {path / CONFIG_FILE}: {error}") from error
-        vocabulary = (
-            Vocabulary.load(path / VOCABULARY_FILE) if (path / VOCABULARY_FILE).is_file() else None
-        )
+                f"{given[0]}: an option for a Hugging Face Hub repo id, but directory "
+                f"{os.fspath(directory)!r} is read as a local folder"
+            )
+        config, vocabulary, weights = read_pretrained(directory)
         model = cls(config, vocabulary=vocabulary, backbone=backbone)
-        load = load_safetensors_file if weights.name == WEIGHTS_FILE else load_tensor_file
-        state = load(weights, argument="directory", map_location=map_location)
-        _check_weights(state, model.state_dict(), weights)
-        model.load_state_dict(state)
+        model.load_state_dict(load_weights(weights, model.state_dict(), map_location))
         return model.eval()
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str = "Upload VAL model with valfusion",
+        private: bool | None = None,
+        token: str | None = None,
+        branch: str | None = None,
+        create_pr: bool = False,
+    ) -> str:
+        """Upload the model to a Hugging Face Hub repo (needs the ``hub`` extra).
+
+        The repo is created if it does not exist; one commit adds what :meth:`save_pretrained`
+        writes (``config.json``, ``model.safetensors``, ``vocabulary.json``) and a model card
+        (``README.md``, with ``library_name: valfusion``), through ``huggingface_hub``'s
+        ``ModelHubMixin.push_to_hub``. :meth:`from_pretrained` loads it back from the repo id.
+
+        Args:
+            repo_id: ``"owner/name"``.
+            commit_message: The commit's message.
+            private: Whether a new repo is private (``None``: the account's default).
+            token: Access token with write access (default: the saved login).
+            branch: Branch to push to (default: ``main``).
+            create_pr: Open a pull request instead of committing to the branch.
+
+        Returns:
+            The URL of the commit.
+
+        Raises:
+            ValueError: If ``repo_id`` is not an ``"owner/name"`` string.
+            ImportError: If ``huggingface_hub`` is not installed (``pip install
+                'valfusion[hub]'``).
+        """
+        return push_model_to_hub(
+            self,
+            repo_id,
+            commit_message=commit_message,
+            private=private,
+            token=token,
+            branch=branch,
+            create_pr=create_pr,
+        )
