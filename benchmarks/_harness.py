@@ -430,12 +430,17 @@ def environment_header(title: str, argv: Sequence[str] | None = None, device: st
     capability, driver), the torch / CUDA / cuDNN versions and the precision flags that
     change what an fp32 matrix product computes (TF32, ``float32_matmul_precision``).
     """
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None) if argv is None else None
     argv = list(sys.argv if argv is None else argv)
     if argv and Path(argv[0]).name == "__main__.py":
-        # How `python -m benchmarks` (checkout) or `python -m valfusion.benchmarks` was run.
+        # How `python -m benchmarks` (checkout) or `python -m valfusion.benchmarks` was run:
+        # the name it was run by (an editable install maps the second to the checkout's
+        # folder), else the name its path implies.
         parts = Path(argv[0]).parts
         module = "valfusion.benchmarks" if parts[-3:-1] == ("valfusion", "benchmarks") else (
             "benchmarks" if parts[-2:-1] == ("benchmarks",) else None)
+        if main_spec is not None and main_spec.name.endswith(".__main__"):
+            module = main_spec.name.removesuffix(".__main__")
         if module is not None:
             argv = ["python", "-m", module, *argv[1:]]
     cmd = " ".join(shlex.quote(a) for a in argv)

@@ -151,3 +151,9 @@ def test_editable_install_maps_valfusion_benchmarks_to_the_checkout(dist, tmp_pa
         # `python -m benchmarks` works from the checkout's root, as before.
         done = _run([python, "-m", module, "--help"], source)
         assert done.returncode == 0 and f"python -m {module}" in done.stdout, done.stderr
+    # The results header gives the name it was run by, though the file is the checkout's.
+    done = _run([python, "-m", "valfusion.benchmarks", "losses", "--tiny", "--min-run-time",
+                 "0.01", "--out-dir", tmp_path / "out"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "- command: `python -m valfusion.benchmarks losses" in (
+        tmp_path / "out" / "losses.md").read_text()
