@@ -13,22 +13,35 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
 import time
 import timeit
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils import benchmark as tbench
 
 from valfusion._io import atomic_write
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+"""Where a source checkout keeps its results (``benchmarks/results/``; not in the wheel)."""
+
+INSTALLED_RESULTS_DIR = "valfusion-bench-results"
+"""Where results go from an installed package: this folder in the current directory."""
+
+
+def default_out_dir() -> Path:
+    """``benchmarks/results/`` in a source checkout, else ``./valfusion-bench-results``.
+
+    The checkout's folder holds the committed results; the wheel does not carry it, so an
+    installed package writes into the directory it is run from.
+    """
+    return RESULTS_DIR if RESULTS_DIR.is_dir() else Path.cwd() / INSTALLED_RESULTS_DIR
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -41,7 +54,7 @@ class BenchArgs:
     dtype: str = "fp32"
     tiny: bool = False  # smoke-run sizes used by the test suite
     min_run_time: float = 1.0
-    out_dir: Path = RESULTS_DIR
+    out_dir: Path = field(default_factory=default_out_dir)
     write: bool = True
     threads: int | None = None  # intra-op threads; None: the benchmark's own default
     clock: str = "auto"  # "auto", "cpu" (process CPU time) or "wall"
@@ -49,11 +62,21 @@ class BenchArgs:
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="compute dtype")
+    parser.add_argument("--device", default=None,
+                        help="torch device, e.g. cpu or cuda (default: cpu; cuda for --suite gpu)")
+    parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES),
+                        help="compute dtype (bf16, fp16: autocast)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="allow TF32 for every fp32 matrix product and convolution on CUDA "
+                             "(torch.backends.cuda.matmul.allow_tf32 and "
+                             "torch.backends.cudnn.allow_tf32), for valfusion and the "
+                             "references alike; default: PyTorch's own defaults")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (smoke test)")
-    parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
-    parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR, help="where to write results")
+    parser.add_argument("--min-run-time", type=float, default=None,
+                        help="seconds per measurement (default: 1; 0.1 for --suite gpu)")
+    parser.add_argument("--out-dir", type=Path, default=None,
+                        help="where to write results (default: benchmarks/results/ in a source "
+                             f"checkout, else ./{INSTALLED_RESULTS_DIR})")
     parser.add_argument("--no-write", action="store_true", help="print only, write no files")
     parser.add_argument("--threads", type=int, default=None,
                         help="intra-op threads (default: each benchmark's own choice)")
@@ -62,21 +85,33 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                              "thread on CPU, else wall)")
     parser.add_argument("--only", default=None, metavar="SECTIONS",
                         help="comma-separated sections of a benchmark that has several "
-                             "(composite: levels,parts,sweep)")
+                             "(composite: levels,parts,sweep,limits); with --suite, the "
+                             "suite's parts to run")
 
 
 def args_from_namespace(ns: argparse.Namespace) -> BenchArgs:
     return BenchArgs(
-        device=ns.device,
+        device=ns.device or "cpu",
         dtype=ns.dtype,
         tiny=ns.tiny,
-        min_run_time=ns.min_run_time,
-        out_dir=ns.out_dir,
+        min_run_time=1.0 if ns.min_run_time is None else ns.min_run_time,
+        out_dir=default_out_dir() if ns.out_dir is None else ns.out_dir,
         write=not ns.no_write,
         threads=getattr(ns, "threads", None),
         clock=getattr(ns, "clock", "auto"),
         only=getattr(ns, "only", None),
     )
+
+
+def allow_tf32(enabled: bool = True) -> None:
+    """Let CUDA run fp32 matrix products and cuDNN fp32 convolutions in TF32 (process-wide).
+
+    PyTorch's defaults differ between the two (convolutions TF32, matrix products not), which
+    favours an implementation built from 1x1 convolutions over one built from matrix
+    products; the benchmarks' ``--tf32`` sets both, so both sides compute alike.
+    """
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
 
 
 def synchronize(device: str | torch.device) -> None:
@@ -92,6 +127,10 @@ def time_fn(fn: Callable[[], object], min_run_time: float = 1.0, label: str = ""
     :func:`make_clock`. ``warmup=False`` skips the extra first call (for callers that
     warmed ``fn`` up already and whose calls take seconds).
     """
+    # Imported here: importing it loads torch.utils.cpp_extension, which logs a warning on
+    # machines with a CUDA toolkit but no GPU, before a one-line usage error could be shown.
+    from torch.utils import benchmark as tbench
+
     timer_kw = {} if timer is None else {"timer": timer}
     measurement = tbench.Timer(stmt="fn()", globals={"fn": fn}, label=label,
                                num_threads=torch.get_num_threads(), **timer_kw)
@@ -273,7 +312,7 @@ def run_peak_rss_child(factory: str, workloads: Sequence[Mapping[str, Any]],
     module, _, function = factory.partition(":")
     code = (
         "import json, sys, gc, torch\n"
-        "from benchmarks import _harness as h\n"
+        f"from {__package__} import _harness as h\n"
         f"torch.set_num_threads({int(threads)})\n"
         f"from {module} import {function} as factory\n"
         "peaks = []\n"
@@ -299,20 +338,31 @@ def _run_child(code: str, workloads: Sequence[Mapping[str, Any]], malloc_env: Ma
     """Run ``code`` in a fresh Python with the workloads as JSON in ``argv[1]``.
 
     The child gets the parent's environment without its glibc allocator variables
-    (``MALLOC_*``, ``GLIBC_TUNABLES``), plus ``malloc_env``, and the repository root on
-    ``PYTHONPATH``. Returns the JSON list the child prints on its last line.
+    (``MALLOC_*``, ``GLIBC_TUNABLES``), plus ``malloc_env``, and the folder this package was
+    imported from on ``PYTHONPATH`` (:func:`child_pythonpath`). Returns the JSON list the child prints on its last line.
     """
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("MALLOC_") or k == "GLIBC_TUNABLES")}
     env.update(malloc_env)
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = child_pythonpath(env.get("PYTHONPATH"))
     payload = json.dumps([dict(w) for w in workloads])
     done = subprocess.run([sys.executable, "-c", code, payload], env=env,
                           capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{what} failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def child_pythonpath(current: str | None) -> str:
+    """``PYTHONPATH`` for a child Python that imports this package by the same name.
+
+    The folder the top-level package was imported from goes first: the repository root
+    for ``benchmarks`` (a source checkout), ``site-packages`` (or the checkout, for an
+    editable install) for ``valfusion.benchmarks``.
+    """
+    top = sys.modules[__package__.partition(".")[0]]
+    root = str(Path(top.__file__ or __file__).resolve().parent.parent)
+    return os.pathsep.join(filter(None, [root, current]))
 
 
 #: glibc settings under which a training step faults in no fresh memory: no tensor is served
@@ -346,7 +396,7 @@ def run_timed_child(factory: str, workloads: Sequence[Mapping[str, Any]], thread
     module, _, function = factory.partition(":")
     code = (
         "import json, sys, time, timeit, resource, torch\n"
-        "from benchmarks import _harness as h\n"
+        f"from {__package__} import _harness as h\n"
         f"clock = time.process_time if {int(threads)} == 1 else timeit.default_timer\n"
         f"torch.set_num_threads({int(threads)})\n"
         f"from {module} import {function} as factory\n"
@@ -374,32 +424,108 @@ def run_timed_child(factory: str, workloads: Sequence[Mapping[str, Any]], thread
 
 
 def environment_header(title: str, argv: Sequence[str] | None = None, device: str = "cpu") -> str:
-    """Markdown header: the command that made the file and the environment it ran in."""
+    """Markdown header: the command that made the file and the machine it ran on.
+
+    Names the CPU (model, cores, logical CPUs), the GPU on CUDA (name, memory, compute
+    capability, driver), the torch / CUDA / cuDNN versions and the precision flags that
+    change what an fp32 matrix product computes (TF32, ``float32_matmul_precision``).
+    """
+    main_spec = getattr(sys.modules.get("__main__"), "__spec__", None) if argv is None else None
     argv = list(sys.argv if argv is None else argv)
-    if argv and Path(argv[0]).parts[-2:] == ("benchmarks", "__main__.py"):
-        argv = ["python", "-m", "benchmarks", *argv[1:]]  # how `python -m benchmarks` was run
+    if argv and Path(argv[0]).name == "__main__.py":
+        # How `python -m benchmarks` (checkout) or `python -m valfusion.benchmarks` was run:
+        # the name it was run by (an editable install maps the second to the checkout's
+        # folder), else the name its path implies.
+        parts = Path(argv[0]).parts
+        module = "valfusion.benchmarks" if parts[-3:-1] == ("valfusion", "benchmarks") else (
+            "benchmarks" if parts[-2:-1] == ("benchmarks",) else None)
+        if main_spec is not None and main_spec.name.endswith(".__main__"):
+            module = main_spec.name.removesuffix(".__main__")
+        if module is not None:
+            argv = ["python", "-m", module, *argv[1:]]
     cmd = " ".join(shlex.quote(a) for a in argv)
     dev = torch.device(device)
-    precision = ""
-    if dev.type == "cuda":
-        dev_name = torch.cuda.get_device_name(dev)
-        precision = (
-            f"\n- CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; TF32 in fp32 "
-            f"matmuls {torch.backends.cuda.matmul.allow_tf32}, in fp32 convolutions "
-            f"{torch.backends.cudnn.allow_tf32} (PyTorch's defaults unless changed)"
-        )
-    else:
-        dev_name = platform.processor() or platform.machine()
     lines = [
         f"# {title}",
         "",
         f"- command: `{cmd}`",
         f"- torch {torch.__version__}, python {platform.python_version()}, "
-        f"threads {torch.get_num_threads()}, cpus {os.cpu_count()}",
-        f"- device: {dev.type} ({dev_name}){precision}",
-        "",
+        f"{platform.system()} {platform.machine()}; intra-op threads {torch.get_num_threads()}",
+        f"- CPU: {cpu_description()}",
     ]
+    if dev.type == "cuda":
+        lines.append(f"- device: cuda, {gpu_description(dev)}")
+        lines.append(
+            f"- CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}; "
+            f"{precision_flags()}"
+        )
+    else:
+        lines.append(f"- device: {dev.type}; {precision_flags(cuda=False)}")
+    lines.append("")
     return "\n".join(lines)
+
+
+def cpu_description() -> str:
+    """CPU model, physical cores and logical CPUs (and how many this process may use)."""
+    model, cores = platform.processor() or platform.machine(), None
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        info = ""
+    processors = [dict(re.findall(r"^([^:\n]+?)\s*:\s*(.*)$", block, re.MULTILINE))
+                  for block in info.split("\n\n") if block.strip()]
+    names = [p["model name"] for p in processors if p.get("model name")]
+    if names:
+        model = names[0]
+    pairs = {(p.get("physical id"), p["core id"]) for p in processors if "core id" in p}
+    if pairs:
+        cores = len(pairs)
+    logical = os.cpu_count()
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else logical
+    text = model + (f", {cores} physical cores" if cores else "")
+    text += f", {logical} logical CPUs"
+    if usable != logical:
+        text += f" ({usable} usable by this process)"
+    return text
+
+
+def gpu_description(device: torch.device) -> str:
+    """GPU name, memory, compute capability, multiprocessors and driver (when known)."""
+    props = torch.cuda.get_device_properties(device)
+    text = (f"{props.name}, {props.total_memory / 2**30:.0f} GiB, compute capability "
+            f"{props.major}.{props.minor}, {props.multi_processor_count} SMs")
+    driver = _nvidia_driver()
+    return text + (f", driver {driver}" if driver else "")
+
+
+def _nvidia_driver() -> str | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        done = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=20, check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = done.stdout.strip().splitlines()
+    return lines[0].strip() if done.returncode == 0 and lines else None
+
+
+def precision_flags(cuda: bool = True) -> str:
+    """The flags that decide how fp32 matrix products and convolutions are computed."""
+    text = f"`torch.get_float32_matmul_precision()` = `{torch.get_float32_matmul_precision()}`"
+    if not cuda:
+        return text
+    matmul, conv = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    return (
+        f"TF32 allowed in fp32 matrix products: {matmul} "
+        "(`torch.backends.cuda.matmul.allow_tf32`), in fp32 convolutions: "
+        f"{conv} (`torch.backends.cudnn.allow_tf32`); {text}"
+        + ("" if matmul == conv else
+           " - unequal: PyTorch's defaults, which favour 1x1 convolutions over matrix products")
+    )
 
 
 def markdown_table(headers: Sequence[str],

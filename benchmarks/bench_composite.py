@@ -71,7 +71,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from benchmarks._harness import (
+from valfusion.layers import CompositeTransformer
+from valfusion.layers.conv_norm_act import PER_SAMPLE_MIN_TOKENS
+
+from ._harness import (
     DTYPES,
     NO_FAULT_MALLOC_ENV,
     BenchArgs,
@@ -90,15 +93,13 @@ from benchmarks._harness import (
     selected_sections,
     write_result,
 )
-from benchmarks.references import (
+from .references import (
     MultiheadAttentionPortComposite,
     MultiheadAttentionPortSelfAttention,
     OfficialGraphComposite,
     OfficialGraphPreservation,
     OfficialGraphSelfAttention,
 )
-from valfusion.layers import CompositeTransformer
-from valfusion.layers.conv_norm_act import PER_SAMPLE_MIN_TOKENS
 
 OURS, REF1, REF2 = "valfusion", "ref 1 (official graph)", "ref 2 (MHA port)"
 IMPLS = (OURS, REF1, REF2)
@@ -514,7 +515,7 @@ def _peak_memory(shapes: list[Shape], args: BenchArgs, threads: int) -> dict[Mem
             step()
             peaks.append(cuda_peak_memory(step, args.device))
     else:
-        peaks = run_peak_rss_child("benchmarks.bench_composite:memory_workload", workloads,
+        peaks = run_peak_rss_child(f"{__name__}:memory_workload", workloads,
                                    threads)
     return dict(zip(keys, peaks, strict=True))
 
@@ -715,7 +716,7 @@ def _allocator_text(args: BenchArgs, sizes: Sizes, threads: int) -> str:
         order = list(settings) if r % 2 == 0 else list(settings)[::-1]
         for name in order:
             runs[name].append(run_timed_child(
-                "benchmarks.bench_composite:memory_workload", workloads, threads,
+                f"{__name__}:memory_workload", workloads, threads,
                 settings[name], args.min_run_time, sizes.gemm_n,
             ))
     rows = []

@@ -19,7 +19,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from benchmarks._harness import (
+from valfusion.losses import batch_classification_loss, bidirectional_triplet_loss
+
+from ._harness import (
     DTYPES,
     BenchArgs,
     environment_header,
@@ -27,7 +29,6 @@ from benchmarks._harness import (
     time_fn,
     write_result,
 )
-from valfusion.losses import batch_classification_loss, bidirectional_triplet_loss
 
 TEMPERATURE = 0.1
 MARGIN = 0.2

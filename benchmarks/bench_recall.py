@@ -51,15 +51,6 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics.retrieval import RetrievalRecall
 
-from benchmarks._harness import (
-    DTYPES,
-    BenchArgs,
-    environment_header,
-    gemm_flops_per_second,
-    markdown_table,
-    time_fn,
-    write_result,
-)
 from valfusion.metrics import recall_at_k
 from valfusion.metrics.ranking import (
     best_target,
@@ -67,6 +58,16 @@ from valfusion.metrics.ranking import (
     prepare_gallery,
     rank_of,
     topk_by_rule,
+)
+
+from ._harness import (
+    DTYPES,
+    BenchArgs,
+    environment_header,
+    gemm_flops_per_second,
+    markdown_table,
+    time_fn,
+    write_result,
 )
 
 KS = (1, 10, 50)

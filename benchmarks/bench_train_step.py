@@ -40,7 +40,10 @@ import torch
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks._harness import (
+from valfusion.layers import COMPOSERS, CompositeTransformer
+from valfusion.models import VAL, VALConfig
+
+from ._harness import (
     DTYPES,
     BenchArgs,
     ceiling_gemm_size,
@@ -53,9 +56,7 @@ from benchmarks._harness import (
     resolve_threads,
     write_result,
 )
-from benchmarks.references import MultiheadAttentionPortComposite, OfficialGraphComposite
-from valfusion.layers import COMPOSERS, CompositeTransformer
-from valfusion.models import VAL, VALConfig
+from .references import MultiheadAttentionPortComposite, OfficialGraphComposite
 
 OURS, REF1, REF2 = "valfusion", "ref 1 (official graph)", "ref 2 (MHA port)"
 CEILING = "GEMM ceiling"

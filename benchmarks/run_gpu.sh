@@ -1,30 +1,31 @@
 #!/usr/bin/env bash
-# The GPU run of the whole suite, recorded under benchmarks/results/cuda/<dtype>/:
-#   bash benchmarks/run_gpu.sh [OUT_DIR]      (default benchmarks/results/cuda)
-# Every benchmark with --device cuda, in fp32 and in bf16 autocast. GPU timings are
-# steady, so each measurement runs for MIN_RUN_TIME seconds (default 0.1) rather than 1.
-# BENCHES and DTYPES (space-separated) choose a subset, e.g. to finish an interrupted run:
-#   BENCHES="losses recall" DTYPES=bf16 bash benchmarks/run_gpu.sh
-# ARGS is appended to every command, e.g. ARGS="--only sweep" with BENCHES=composite.
-# A failing benchmark is reported and the others still run; the exit status is 1 if any
-# failed.
+# The GPU run, one command from a source checkout (about 8 minutes on an H100/H200):
+#   bash benchmarks/run_gpu.sh [OUT_DIR] [OPTIONS]     (default OUT_DIR benchmarks/results/cuda)
+# From an installed package the same run is `valfusion bench --suite gpu --out-dir OUT_DIR`.
+# It runs the parts of `benchmarks/suite.py` (GPU_SUITE) in order, most important first, each
+# in its own process and written as soon as it finishes, so a run cut short keeps what it did:
+#   levels-bf16           ~60 s  composite block at VAL's three levels, bf16 autocast: fwd+bwd
+#                                summed over the levels vs ref 1 / ref 2, % of the bf16 GEMM
+#                                ceiling per level, peak memory at N = 4096 vs ref 1
+#   levels-fp32-tf32      ~60 s  the same in fp32 with TF32 allowed on both sides (--tf32)
+#   train-step-bf16       ~60 s  training step of the reference VAL model (bench_train_step)
+#   train-step-fp32-tf32  ~60 s
+#   parts-bf16            ~40 s  self-attention and preservation alone
+#   parts-fp32-tf32       ~40 s
+#   sweep-bf16            ~45 s  time and peak memory against N
+#   losses-bf16           ~40 s
+#   recall-fp32           ~90 s  (sum ~495 s; the estimates are not yet measured on a GPU)
+# Results: OUT_DIR/bf16/, OUT_DIR/fp32-tf32/, OUT_DIR/fp32/ and OUT_DIR/suite.md (status).
+# OPTIONS go to `python -m benchmarks --suite gpu`, e.g. `--only sweep-bf16,recall-fp32` to
+# finish an interrupted run, or `--device cpu --tiny --min-run-time 0.01` for a dry run on the
+# CPU (what tests/test_bench_suite.py runs). Exit status 1 if any part failed.
 set -u
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-out=${1:-benchmarks/results/cuda}
-mrt=${MIN_RUN_TIME:-0.1}
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${1:-$root/benchmarks/results/cuda}
+shift $(( $# > 0 ? 1 : 0 ))
+export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-"$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
-status=0
-for bench in ${BENCHES:-composite train_step losses recall}; do
-  for dtype in ${DTYPES:-fp32 bf16}; do
-    start=$(date +%s)
-    if ! "$py" -m benchmarks "$bench" --device cuda --dtype "$dtype" --min-run-time "$mrt" \
-        --out-dir "$out/$dtype" ${ARGS:-}; then
-      echo "FAILED: $bench $dtype"
-      status=1
-    fi
-    echo "TIME: $bench $dtype $(( $(date +%s) - start )) s"
-  done
-done
-exit $status
+if command -v nvidia-smi > /dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+fi
+exec "$py" -m benchmarks --suite gpu --out-dir "$out" "$@"

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import time
 import timeit
 
+import pytest
 import torch
 
 from benchmarks._harness import (
     CUDA_GEMM_N,
     NO_FAULT_MALLOC_ENV,
     BenchArgs,
+    allow_tf32,
     ceiling_gemm_size,
     environment_header,
     make_clock,
+    precision_flags,
     run_timed_child,
 )
 
@@ -79,3 +83,52 @@ def test_timed_child_applies_its_own_malloc_settings(tmp_path, monkeypatch) -> N
     assert tuned["faulted_bytes"] < 4 * 2**20
     for row in (default, tuned):
         assert row["seconds"] > 0 and row["gemm_flops"] > 0
+
+
+def test_header_shows_python_m_valfusion_benchmarks_when_installed() -> None:
+    argv = ["/venv/lib/site-packages/valfusion/benchmarks/__main__.py", "losses", "--tiny"]
+    assert "- command: `python -m valfusion.benchmarks losses --tiny`" in environment_header(
+        "T", argv=argv)
+
+
+def test_header_names_the_cpu_its_cores_and_the_versions() -> None:
+    header = environment_header("T", argv=["x"])
+    cpu_line = next(line for line in header.splitlines() if line.startswith("- CPU: "))
+    assert f"{os.cpu_count()} logical CPUs" in cpu_line
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), None)
+    except OSError:
+        model = None
+    if model is not None:
+        assert cpu_line.startswith(f"- CPU: {model}, ")
+    assert f"torch {torch.__version__}" in header
+    assert f"`{torch.get_float32_matmul_precision()}`" in header
+
+
+@pytest.fixture
+def restore_tf32():
+    # Process-wide flags (torch's backend modules resolve them dynamically, which
+    # monkeypatch cannot undo): put back what they were.
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_precision_flags_record_tf32_for_matmuls_and_convolutions(restore_tf32) -> None:
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = False, True
+    default = precision_flags()
+    assert "matrix products: False" in default and "convolutions: True" in default
+    assert "unequal" in default
+    allow_tf32(True)
+    both = precision_flags()
+    assert "matrix products: True" in both and "convolutions: True" in both
+    assert "unequal" not in both
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_header_names_the_gpu_and_the_cuda_version() -> None:
+    header = environment_header("T", argv=["x"], device="cuda")
+    assert torch.cuda.get_device_name(0) in header
+    assert f"CUDA {torch.version.cuda}" in header and "allow_tf32" in header

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from valfusion import __version__
@@ -244,6 +245,14 @@ def test_bench_forwards_its_arguments_to_the_benchmarks(capfd):
     code = main(["bench", "no_such_benchmark"])
     err = capfd.readouterr().err
     assert code == 2 and "no_such_benchmark" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error where CUDA is absent")
+def test_bench_on_cuda_without_cuda_is_one_line(capfd, tmp_path):
+    code = main(["bench", "losses", "--device", "cuda", "--out-dir", str(tmp_path)])
+    err = capfd.readouterr().err
+    assert code == 2 and "--device cuda: CUDA is not available" in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
 
 
 def test_interrupted_cli_run_resumes_to_the_same_model(capsys, tmp_path):

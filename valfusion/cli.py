@@ -909,15 +909,20 @@ def _source_checkout() -> Path | None:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmarks in a fresh Python: ``python -m valfusion.benchmarks ARGS``.
+
+    In a source checkout (this ``valfusion`` beside a ``benchmarks/`` folder), the checkout's
+    ``benchmarks`` package instead: the same modules, from the same tree as the code they
+    measure, writing to ``benchmarks/results/`` by default.
+    """
     root = _source_checkout()
-    if root is None:
-        raise UsageError(
-            "bench: the benchmarks ship with the source checkout (benchmarks/), not the installed "
-            "package; clone the repository and run `valfusion bench` from it"
-        )
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    env = dict(os.environ)
+    module = "valfusion.benchmarks"
+    if root is not None:
+        module = "benchmarks"
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
     forwarded = args.bench_args[1:] if args.bench_args[:1] == ["--"] else args.bench_args
-    return subprocess.call([sys.executable, "-m", "benchmarks", *forwarded], cwd=root, env=env)
+    return subprocess.call([sys.executable, "-m", module, *forwarded], env=env)
 
 
 # ---------------------------------------------------------------------------- parser
@@ -1038,7 +1043,10 @@ def _search_options(search: argparse.ArgumentParser) -> None:
 
 
 def _bench_options(bench: argparse.ArgumentParser) -> None:
-    bench.add_argument("bench_args", nargs=argparse.REMAINDER, metavar="ARGS", help="arguments for `python -m benchmarks`")
+    bench.add_argument(
+        "bench_args", nargs=argparse.REMAINDER, metavar="ARGS",
+        help="benchmark names and options, forwarded; `valfusion bench -- --help` lists them",
+    )
     bench.set_defaults(func=_cmd_bench)
 
 
@@ -1091,9 +1099,14 @@ def build_parser() -> argparse.ArgumentParser:
         "top results and draw them with the query's joint-attention map.",
     )
     commands.add_parser(
-        "bench", help="run the benchmarks (source checkout only)", formatter_class=_Formatter,
+        "bench", help="run the micro-benchmarks on this machine (CPU or GPU)", formatter_class=_Formatter,
         add_arguments=_bench_options,
-        description="Forward every argument to `python -m benchmarks` in the source checkout.",
+        description="Time the layers, losses, Recall@K and a training step against reference "
+        "implementations and the machine's GEMM ceiling, and write Markdown results that name the "
+        "machine (default ./valfusion-bench-results; benchmarks/results/ in a source checkout). Every "
+        "argument goes to `python -m valfusion.benchmarks`: e.g. `valfusion bench composite --device "
+        "cuda --dtype bf16`, `valfusion bench --suite gpu` (about 8 minutes on an H100), "
+        "`valfusion bench --tiny --out-dir DIR` (seconds).",
     )
     return parser
 
