@@ -125,10 +125,3 @@ def test_precision_flags_record_tf32_for_matmuls_and_convolutions(restore_tf32) 
     both = precision_flags()
     assert "matrix products: True" in both and "convolutions: True" in both
     assert "unequal" not in both
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_header_names_the_gpu_and_the_cuda_version() -> None:
-    header = environment_header("T", argv=["x"], device="cuda")
-    assert torch.cuda.get_device_name(0) in header
-    assert f"CUDA {torch.version.cuda}" in header and "allow_tf32" in header
