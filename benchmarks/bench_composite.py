@@ -98,7 +98,7 @@ from benchmarks.references import (
     OfficialGraphSelfAttention,
 )
 from valfusion.layers import CompositeTransformer
-from valfusion.layers.conv_norm_act import PER_SAMPLE_MIN_TOKENS
+from valfusion.layers._kernels import PER_SAMPLE_MIN_TOKENS
 
 OURS, REF1, REF2 = "valfusion", "ref 1 (official graph)", "ref 2 (MHA port)"
 IMPLS = (OURS, REF1, REF2)
