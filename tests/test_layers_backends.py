@@ -55,11 +55,11 @@ from valfusion.layers import (
     JointAttentionalPreservation,
     SelfAttentionalTransformation,
     TextImageFusion,
+    _kernels,
     get_backend,
     set_backend,
     use_backend,
 )
-from valfusion.layers import _kernels
 from valfusion.layers._kernels.gated_residual import _GatedResidual
 from valfusion.layers._kernels.grouped_qkv import _GroupedQKVProjection
 from valfusion.layers._kernels.token_projection import _TokenProjection

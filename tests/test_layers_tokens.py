@@ -25,9 +25,9 @@ from valfusion.layers import (
     JointAttentionalPreservation,
     SelfAttentionalTransformation,
     TextImageFusion,
+    _kernels,
     use_backend,
 )
-from valfusion.layers import _kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 B, C, D, H, W = 2, 8, 5, 3, 4

@@ -48,7 +48,7 @@ def set_backend(name: Backend) -> None:
       (``benchmarks/results/composite.md``) and on CUDA (token-major layout, not yet
       measured on a GPU), the reference elsewhere.
 
-    Whatever the backend, calls that return attention maps, an empty batch, and code under
+    Whatever the backend, a layer asked for its attention maps, an empty batch, and code under
     :func:`torch.compile`, :func:`torch.export` or :func:`torch.jit.trace` run the
     reference. ``fused_attn`` on the layers is a separate, per-layer choice: the fused
     :func:`torch.nn.functional.scaled_dot_product_attention` or the explicit softmax

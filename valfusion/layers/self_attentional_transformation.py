@@ -128,14 +128,15 @@ class SelfAttentionalTransformation(nn.Module):
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """``(B, C, H, W) -> 3 x (B, heads, N, d)``: ``[q; k; v]_g = W_g x_g + b_g`` per
         channel group ``g`` (one group for the full layout)."""
-        tokens = rearrange(x, "b c y x -> b (y x) c")
-        groups = rearrange(tokens, "b n (g c) -> b g n c", g=self.groups)
-        qkv = torch.einsum("bgnc,gec->bgne", groups, self.qkv_weight)
+        positions = x.shape[2] * x.shape[3]
+        groups = rearrange(x, "b (g c) y x -> g (b y x) c", g=self.groups)
+        qkv = torch.matmul(groups, self.qkv_weight.transpose(1, 2))  # (G, B N, 3 e)
         if self.qkv_bias is not None:
             qkv = qkv + rearrange(self.qkv_bias, "g e -> g 1 e")
-        # Within a group the rows are (q|k|v, head of the group, d).
+        # Within a group the rows are (q|k|v, head of the group, d). n, not b, is given:
+        # from zero elements (b = 0) einops could not infer n.
         q, k, v = rearrange(
-            qkv, "b g n (three h d) -> three b (g h) n d", three=3, d=self.head_dim
+            qkv, "g (b n) (three h d) -> three b (g h) n d", n=positions, three=3, d=self.head_dim
         )
         return q, k, v
 
