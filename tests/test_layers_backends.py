@@ -406,7 +406,7 @@ def _shapes(draw: st.DrawFn) -> dict[str, object]:
     }
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     shape=_shapes(),
     head_layout=st.sampled_from(["full", "grouped"]),
@@ -441,7 +441,7 @@ def test_composite_transformer_every_backend_equals_the_reference(
     ))
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(
     shape=_shapes(),
     head_layout=st.sampled_from(["full", "grouped"]),
@@ -470,7 +470,7 @@ def test_self_attentional_transformation_every_backend_equals_the_reference(
     ))
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(shape=_shapes(), norm_layer=_norms, act_layer=_acts, kernel=st.integers(1, 4))
 def test_joint_attentional_preservation_every_backend_equals_the_reference(
     shape: dict[str, object], norm_layer: type[nn.Module] | None,
@@ -503,7 +503,7 @@ def test_joint_attentional_preservation_every_backend_equals_the_reference(
     ))
 
 
-@settings(max_examples=8, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(shape=_shapes(), num_layers=st.integers(1, 2), norm_layer=_norms, act_layer=_acts)
 def test_text_image_fusion_every_backend_equals_the_reference(
     shape: dict[str, object], num_layers: int, norm_layer: type[nn.Module] | None,
@@ -523,7 +523,7 @@ def test_text_image_fusion_every_backend_equals_the_reference(
     ))
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(shape=_shapes(), head_layout=st.sampled_from(["full", "grouped"]),
        gate_norm_act=st.booleans())
 def test_bf16_autocast_every_backend_is_within_bf16_rounding_of_fp32(
