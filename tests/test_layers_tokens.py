@@ -187,7 +187,8 @@ def test_a_bad_num_prefix_tokens_is_rejected(value: object) -> None:
 @pytest.mark.parametrize("grid", [(0, 4), (3,), "3x4"])
 def test_a_malformed_grid_size_is_rejected(grid: object) -> None:
     with _raises("grid_size: expected a positive int H or a pair (H, W)", repr(grid)):
-        SelfAttentionalTransformation(C)(torch.randn(B, H * W, C), grid_size=grid)  # type: ignore[arg-type]
+        block = SelfAttentionalTransformation(C)
+        block(torch.randn(B, H * W, C), grid_size=grid)  # type: ignore[arg-type]
 
 
 def test_a_grid_other_than_feature_size_is_rejected() -> None:

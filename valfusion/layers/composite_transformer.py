@@ -66,7 +66,9 @@ class CompositeTransformer(nn.Module):
         head_layout: ``"full"`` or ``"grouped"`` (see :class:`SelfAttentionalTransformation`).
         qkv_bias: bias on the q/k/v maps.
         attn_drop: dropout on the attention matrix (training only).
-        fused_attn: use the fused attention kernel unless attention is requested.
+        fused_attn: attention by :func:`torch.nn.functional.scaled_dot_product_attention`
+            unless attention maps are requested, else by the explicit formula (in every
+            backend; see :class:`SelfAttentionalTransformation`).
         fusion_layers: number of 1x1 conv layers in ``F_c``.
         fusion_hidden_channels: width of ``F_c``'s inner layers (``fusion_layers > 1``).
         spatial_kernel_size: kernel of the spatial gate conv ``F_sp``.

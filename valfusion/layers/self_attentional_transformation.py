@@ -48,7 +48,7 @@ class SelfAttentionalTransformation(nn.Module):
     ``softmax(Q K^T / sqrt(d)) V``, which ``return_weights=True`` always uses. The backend
     (:func:`valfusion.layers.set_backend`) chooses the implementation of the rest: the
     fused one runs the q/k/v maps of all heads as one batched GEMM written straight into
-    the layout the attention kernel reads, on token-major memory. The output keeps the
+    the layout the attention kernel reads, on token-major memory, and its output keeps the
     input's memory format (``channels_last`` in, ``channels_last`` out).
 
     Token input (ViT / CLIP patch tokens): ``x`` may be ``(B, N, C)`` with
@@ -65,7 +65,9 @@ class SelfAttentionalTransformation(nn.Module):
         attn_drop: dropout probability on the attention matrix (training only).
         proj_norm_layer: normalisation after the output 1x1 conv ``F_proj``.
         proj_act_layer: activation after ``proj_norm_layer``.
-        fused_attn: use the fused kernel when the weights are not requested.
+        fused_attn: attention by :func:`torch.nn.functional.scaled_dot_product_attention`
+            when the weights are not requested, else by the explicit formula (in every
+            backend).
 
     Raises:
         ValueError: on a bad size, layout or dropout probability.

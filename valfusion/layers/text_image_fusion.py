@@ -116,7 +116,8 @@ class TextImageFusion(nn.Module):
         grid = grid_input(
             image_features, "image_features", self.image_channels, grid_size, num_prefix_tokens
         )
-        if grid.prefix is not None and grid.prefix.shape[1] and self.out_channels != self.image_channels:
+        prefix_tokens = 0 if grid.prefix is None else grid.prefix.shape[1]
+        if prefix_tokens and self.out_channels != self.image_channels:
             raise ValueError(
                 f"num_prefix_tokens: prefix tokens pass through unchanged, which needs "
                 f"out_channels == image_channels, got out_channels={self.out_channels}, "

@@ -150,5 +150,6 @@ def text_image_fusion(fusion: TextImageFusion, image: Tensor, text: Tensor, plan
     in_place = plan.per_sample_min_tokens is not None and (
         is_channel_major(tokens) and tokens.shape[1] >= plan.per_sample_min_tokens
     )
-    fused, _ = fuse_tokens(fusion, tokens if in_place else tokens.contiguous(), text, image.shape[2])
+    tokens = tokens if in_place else tokens.contiguous()
+    fused, _ = fuse_tokens(fusion, tokens, text, image.shape[2])
     return like_memory_format(fused, image)
