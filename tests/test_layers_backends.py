@@ -3,7 +3,8 @@
 Backends under test, all on CPU tensors:
 
 - ``reference``: each layer's ``forward``, the plain composition;
-- ``fused``: the kernels with the CPU plan (NCHW maps of 256+ positions in place);
+- ``fused``: the kernels with the CPU plans (fp32: NCHW maps of 256+ positions in place;
+  bf16 autocast: 1024+);
 - ``fused/per-sample``: the kernels reading every NCHW map in place by per-sample GEMMs
   (the CPU plan's large-map layout, forced on the small maps drawn here);
 - ``fused/token-major``: the kernels with CUDA's plan (one transpose each way, no
@@ -69,26 +70,28 @@ EPS32 = torch.finfo(torch.float32).eps
 BF16_U = 2.0**-8
 BACKENDS = ("reference", "fused", "fused/per-sample", "fused/token-major")
 PLANS = {
-    "fused": _kernels.DEVICE_PLANS["cpu"],
     "fused/per-sample": _kernels.Plan(per_sample_min_tokens=1),
-    "fused/token-major": _kernels.DEVICE_PLANS["cuda"],
+    "fused/token-major": _kernels.DEVICE_PLANS[("cuda", None)],
 }
 
 
 @contextmanager
 def backend(name: str) -> Iterator[None]:
-    """Run under one of :data:`BACKENDS` (a fused variant sets the CPU plan it names)."""
+    """Run under one of :data:`BACKENDS` (a fused variant other than ``fused`` sets the
+    CPU plan it names, for every dtype)."""
     if name == "reference":
         with use_backend("reference"):
             yield
         return
-    saved = _kernels.DEVICE_PLANS["cpu"]
-    _kernels.DEVICE_PLANS["cpu"] = PLANS[name]
+    saved = dict(_kernels.DEVICE_PLANS)
+    if name in PLANS:
+        for key in [key for key in _kernels.DEVICE_PLANS if key[0] == "cpu"]:
+            _kernels.DEVICE_PLANS[key] = PLANS[name]
     try:
         with use_backend("fused"):
             yield
     finally:
-        _kernels.DEVICE_PLANS["cpu"] = saved
+        _kernels.DEVICE_PLANS.update(saved)
 
 
 def _randomise_batch_norm(module: nn.Module) -> None:
@@ -201,13 +204,15 @@ def test_fused_attn_false_builds_the_attention_matrix_in_every_backend(name: str
     assert any(shape[-2:] == (12, 12) for _, shape in recorder.ops)
 
 
-def _gemm_count(batch: int, name: str) -> int:
+def _gemm_count(batch: int, name: str, *, autocast: bool = False) -> int:
     block = CompositeTransformer(8, 5).train()
     with torch.no_grad():
         block.w_sa.fill_(0.5)
     image = torch.randn(batch, 8, 16, 16, requires_grad=True)  # 256 positions, NCHW
     with backend(name), _RecordShapes() as recorder:
-        block(image, torch.randn(batch, 5)).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = block(image, torch.randn(batch, 5))
+        out.float().sum().backward()
     return sum(op in ("aten.mm", "aten.addmm", "aten.addmm_") for op, _ in recorder.ops)
 
 
@@ -219,6 +224,11 @@ def test_token_major_plan_runs_no_per_sample_gemms_on_a_large_nchw_map() -> None
 def test_cpu_plan_reads_a_large_nchw_map_by_per_sample_gemms() -> None:
     # Guards the test above: the counter does see the per-sample loop of the CPU plan.
     assert _gemm_count(4, "fused") > _gemm_count(2, "fused")
+
+
+def test_cpu_plan_under_bf16_autocast_transposes_a_256_position_map() -> None:
+    # Measured: under bf16 autocast per-sample GEMMs only pay from 1024 positions on.
+    assert _gemm_count(2, "fused", autocast=True) == _gemm_count(4, "fused", autocast=True)
 
 
 # --- autocast -----------------------------------------------------------------------

@@ -38,14 +38,15 @@ BACKENDS = ("reference", "fused", "fused/token-major")
 @contextmanager
 def backend(name: str) -> Iterator[None]:
     """The reference, the fused kernels with the CPU plan, or with CUDA's (forced on CPU)."""
-    saved = _kernels.DEVICE_PLANS["cpu"]
+    saved = dict(_kernels.DEVICE_PLANS)
     if name == "fused/token-major":
-        _kernels.DEVICE_PLANS["cpu"] = _kernels.DEVICE_PLANS["cuda"]
+        for key in [key for key in _kernels.DEVICE_PLANS if key[0] == "cpu"]:
+            _kernels.DEVICE_PLANS[key] = _kernels.TOKEN_MAJOR
     try:
         with use_backend("reference" if name == "reference" else "fused"):
             yield
     finally:
-        _kernels.DEVICE_PLANS["cpu"] = saved
+        _kernels.DEVICE_PLANS.update(saved)
 
 
 def _tokens(image: Tensor, prefix: Tensor) -> Tensor:

@@ -33,6 +33,7 @@ __all__ = [
     "TOKEN_MAJOR",
     "Plan",
     "autocast_apply",
+    "device_plan",
     "is_channel_major",
     "like_memory_format",
     "plan",
@@ -53,25 +54,35 @@ class Plan:
     per_sample_min_tokens: int | None
 
 
-#: On the two-core CPU the transposes of a large NCHW map cost more than per-sample GEMMs
-#: lose to one large GEMM (``benchmarks/results/composite_limits.md``).
+#: On the two-core CPU, in fp32, the transposes of an NCHW map of this many positions cost
+#: more than per-sample GEMMs lose to one large GEMM (``benchmarks/results/composite_limits.md``).
 PER_SAMPLE_MIN_TOKENS = 256
 
 TOKEN_MAJOR = Plan(per_sample_min_tokens=None)
 """One transpose each way, single large GEMMs: the layout with no per-sample loops."""
 
-DEVICE_PLANS: dict[str, Plan] = {
+DEVICE_PLANS: dict[tuple[str, torch.dtype | None], Plan] = {
     # Measured on CPU (benchmarks/results/composite*.md): the fused kernels beat the
     # reference composition at all three VAL levels, per-sample GEMMs on large NCHW maps.
-    "cpu": Plan(per_sample_min_tokens=PER_SAMPLE_MIN_TOKENS),
+    ("cpu", None): Plan(per_sample_min_tokens=PER_SAMPLE_MIN_TOKENS),
+    # bf16 autocast on CPU (two cores, batch 16, fwd+bwd, one run of 3 alternating rounds):
+    # token-major was 1.12x faster at 256 positions (1024 channels), per-sample 1.04x
+    # faster at 1024 positions (512 channels).
+    ("cpu", torch.bfloat16): Plan(per_sample_min_tokens=1024),
     # NOT YET MEASURED on a GPU. Per-sample weight-gradient GEMMs on channel-major maps lost
     # 1.7-1.9x to the official graph's preservation on an H100 (fp32), so CUDA takes the
     # token-major layout: one transpose each way, single large GEMMs, and SDPA's fused
     # kernels. Which backend is faster there (the reference, this) is still to be measured.
-    "cuda": TOKEN_MAJOR,
+    ("cuda", None): TOKEN_MAJOR,
 }
-"""``"auto"``'s choice per device type: the plan of the fused kernels, or absent for the
-reference. Every floating dtype takes the same plan; SDPA picks its own kernel per dtype."""
+"""``"auto"``'s choice per device type and compute dtype (the autocast dtype under
+autocast, else the input's): the plan of the fused kernels; ``(device, None)`` covers the
+dtypes without an entry of their own, and a device without any entry runs the reference."""
+
+
+def device_plan(device_type: str, dtype: torch.dtype) -> Plan | None:
+    """The :data:`DEVICE_PLANS` entry for a device type and compute dtype, if any."""
+    return DEVICE_PLANS.get((device_type, dtype), DEVICE_PLANS.get((device_type, None)))
 
 
 def plan(x: Tensor) -> Plan | None:
@@ -82,7 +93,7 @@ def plan(x: Tensor) -> Plan | None:
     and :func:`torch.jit.trace`: the compiler fuses the plain composition itself, and the
     tracer would record the kernels' ``out=`` products without their writes. Otherwise
     ``"fused"`` takes the device's plan (token-major on devices without one) and
-    ``"auto"`` the :data:`DEVICE_PLANS` entry, the reference on other devices.
+    ``"auto"`` the :data:`DEVICE_PLANS` entry, the reference on devices without one.
 
     Args:
         x: a layer's image input (a map, or the map view of its tokens).
@@ -98,10 +109,12 @@ def plan(x: Tensor) -> Plan | None:
         or torch.jit.is_tracing()
     ):
         return None
-    device_plan = DEVICE_PLANS.get(x.device.type)
+    device = x.device.type
+    autocast = device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
+    chosen = device_plan(device, torch.get_autocast_dtype(device) if autocast else x.dtype)
     if backend == "fused":
-        return TOKEN_MAJOR if device_plan is None else device_plan
-    return device_plan
+        return TOKEN_MAJOR if chosen is None else chosen
+    return chosen
 
 
 def is_channel_major(tokens: Tensor) -> bool:
