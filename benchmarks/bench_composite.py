@@ -72,7 +72,7 @@ import torch
 from torch import Tensor, nn
 
 from valfusion.layers import CompositeTransformer
-from valfusion.layers.conv_norm_act import PER_SAMPLE_MIN_TOKENS
+from valfusion.layers._kernels import PER_SAMPLE_MIN_TOKENS
 
 from ._harness import (
     DTYPES,

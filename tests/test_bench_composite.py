@@ -13,7 +13,7 @@ from benchmarks.bench_composite import (
     run,
     self_attention_flops,
 )
-from valfusion.layers import CompositeTransformer
+from valfusion.layers import CompositeTransformer, use_backend
 
 
 def test_composite_benchmark_runs_at_tiny_sizes_and_prints_its_tables(capsys):
@@ -36,13 +36,13 @@ def _counted(fn) -> int:
 
 @pytest.mark.parametrize(("channels", "side"), [(8, 4), (16, 3)])
 def test_composite_flop_formula_matches_the_flop_counter(channels: int, side: int) -> None:
-    # FlopCounterMode counts every matmul and convolution of the explicit path (plain ATen
-    # ops; it does not know the fused CPU attention kernel or in-place GEMMs): an
-    # independent statement of the layer's useful work.
+    # FlopCounterMode counts every matmul and convolution of the reference with explicit
+    # attention (plain ATen ops; it does not know the fused CPU attention kernel or the
+    # fused backend's in-place GEMMs): an independent statement of the layer's useful work.
     batch, text = 3, 5
     layer = CompositeTransformer(channels, text).eval()
     image, words = torch.randn(batch, channels, side, side), torch.randn(batch, text)
-    with torch.no_grad():
+    with torch.no_grad(), use_backend("reference"):
         counted = _counted(lambda: layer(image, words, return_attention=True))
     assert counted == batch * composite_flops(channels, side * side, text)
 

@@ -29,6 +29,9 @@ _EXPORTS: dict[str, str] = {
     "TextOnly": "valfusion.layers",
     "build_composer": "valfusion.layers",
     "COMPOSERS": "valfusion.layers",
+    "get_backend": "valfusion.layers",
+    "set_backend": "valfusion.layers",
+    "use_backend": "valfusion.layers",
     # losses
     "batch_classification_loss": "valfusion.losses",
     "BatchClassificationLoss": "valfusion.losses",
@@ -103,6 +106,9 @@ if TYPE_CHECKING:  # static analysers and IDEs see the real names
         TextImageFusion,
         TextOnly,
         build_composer,
+        get_backend,
+        set_backend,
+        use_backend,
     )
     from valfusion.losses import (
         BatchClassificationLoss,

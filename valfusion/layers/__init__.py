@@ -1,5 +1,6 @@
 """Composition layers: VAL's composite transformer, its parts, and same-signature baselines."""
 
+from valfusion.layers.backend import get_backend, set_backend, use_backend
 from valfusion.layers.combiner import Combiner
 from valfusion.layers.composite_attention import CompositeAttention
 from valfusion.layers.composite_transformer import CompositeTransformer
@@ -28,4 +29,7 @@ __all__ = [
     "TextImageFusion",
     "TextOnly",
     "build_composer",
+    "get_backend",
+    "set_backend",
+    "use_backend",
 ]

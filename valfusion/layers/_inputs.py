@@ -10,9 +10,11 @@ the dtype of the layer's weights, and the text that of the image, except under
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from valfusion._validation import (
@@ -25,6 +27,107 @@ from valfusion._validation import (
 )
 
 WEIGHTS = "the layer's weights"
+
+GridSize = int | tuple[int, int]
+"""``H`` (a square grid) or ``(H, W)``: the patch grid of a token sequence."""
+
+
+@dataclass(frozen=True)
+class GridInput:
+    """A layer input as a ``(B, C, H, W)`` map, and how to give the output back in its form.
+
+    Attributes:
+        map: the map itself, or for a token sequence ``(B, N, C)`` the map view of its
+            ``H * W`` patch tokens (no copy).
+        prefix: for a token sequence, its first ``num_prefix_tokens`` tokens ``(B, P, C)``
+            (class token, registers); ``None`` for a map.
+    """
+
+    map: Tensor
+    prefix: Tensor | None
+
+    @property
+    def is_tokens(self) -> bool:
+        """Whether the input was a token sequence."""
+        return self.prefix is not None
+
+    def output(self, out: Tensor) -> Tensor:
+        """``out`` ``(B, C, H, W)`` in the input's form: the map itself, or the tokens
+        ``[prefix ; patches]`` ``(B, P + H W, C)``, the prefix passed through unchanged
+        (cast to ``out``'s dtype, which differs from it only under autocast)."""
+        if self.prefix is None:
+            return out
+        patches = rearrange(out, "b c y x -> b (y x) c")
+        if self.prefix.shape[1] == 0:
+            return patches
+        return torch.cat([self.prefix.to(patches.dtype), patches], dim=1)
+
+
+def _grid(grid_size: object) -> tuple[int, int]:
+    sides = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+    if (
+        not isinstance(sides, tuple | list)
+        or len(sides) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sides)
+    ):
+        raise ValueError(
+            f"grid_size: expected a positive int H or a pair (H, W) of positive ints, "
+            f"got {grid_size!r}"
+        )
+    return sides[0], sides[1]
+
+
+def grid_input(
+    x: object,
+    name: str,
+    channels: int,
+    grid_size: object = None,
+    num_prefix_tokens: object = 0,
+) -> GridInput:
+    """Accept a ``(B, C, H, W)`` map, or a ``(B, N, C)`` token sequence with ``grid_size``.
+
+    For tokens: ``N = num_prefix_tokens + H * W``, the prefix tokens first (timm's layout:
+    class token, registers), then the patches in row-major ``(y, x)`` order. Checks the
+    token-specific parts (rank, channels, grid); the map checks follow on ``.map``.
+
+    Raises:
+        ValueError: naming ``grid_size`` when it is missing for tokens, given for a map,
+            malformed, or when ``N - num_prefix_tokens != H * W``; naming
+            ``num_prefix_tokens`` when it is not an int ``>= 0`` or given for a map.
+    """
+    if (
+        not isinstance(num_prefix_tokens, int)
+        or isinstance(num_prefix_tokens, bool)
+        or num_prefix_tokens < 0
+    ):
+        raise ValueError(
+            f"num_prefix_tokens: expected an int >= 0, got {num_prefix_tokens!r}"
+        )
+    if not (isinstance(x, Tensor) and x.dim() == 3):
+        if grid_size is not None or num_prefix_tokens:
+            got = f"shape {fmt_shape(x)}" if isinstance(x, Tensor) else type(x).__name__
+            what = "grid_size" if grid_size is not None else "num_prefix_tokens"
+            raise ValueError(
+                f"{what}: only for a token sequence (B, N, C); {name} is not one ({got})"
+            )
+        return GridInput(x, None)  # type: ignore[arg-type]  # the map checks follow
+    if grid_size is None:
+        raise ValueError(
+            f"{name}: expected a 4-D tensor (B, C, H, W), or a token sequence (B, N, C) "
+            f"with grid_size=(H, W); got shape {fmt_shape(x)} without grid_size"
+        )
+    check_floating(x, name)
+    check_size(x, name, 2, channels, "channels C")
+    height, width = _grid(grid_size)
+    patches = x.shape[1] - num_prefix_tokens
+    if patches != height * width:
+        raise ValueError(
+            f"grid_size: expected H * W = N - num_prefix_tokens = {x.shape[1]} - "
+            f"{num_prefix_tokens} = {patches} patch tokens, got grid_size="
+            f"{(height, width)} ({height * width}) for {name} of shape {fmt_shape(x)}"
+        )
+    patch_map = rearrange(x[:, num_prefix_tokens:], "b (y x) c -> b c y x", y=height)
+    return GridInput(patch_map, x[:, :num_prefix_tokens])
 
 
 def weight_dtype(module: nn.Module | Composer) -> torch.dtype | None:

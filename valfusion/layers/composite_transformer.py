@@ -5,25 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from valfusion._validation import check_positive_int, fmt_shape
-from valfusion.layers._inputs import check_composer_inputs
+from valfusion.layers import _kernels
+from valfusion.layers._inputs import GridSize, check_composer_inputs, grid_input
+from valfusion.layers._kernels.composite import composite_transformer
 from valfusion.layers.composite_attention import CompositeAttention
-from valfusion.layers.conv_norm_act import (
-    PER_SAMPLE_MIN_TOKENS,
-    LayerFactory,
-    autocast_dtype,
-    is_channel_major,
-    like_memory_format,
-    use_fused_kernels,
-)
-from valfusion.layers.joint_attentional_preservation import (
-    JointAttentionalPreservation,
-    gated_residual,
-)
+from valfusion.layers.conv_norm_act import LayerFactory
+from valfusion.layers.joint_attentional_preservation import JointAttentionalPreservation
 from valfusion.layers.self_attentional_transformation import (
     HeadLayout,
     SelfAttentionalTransformation,
@@ -50,18 +41,23 @@ class CompositeTransformer(nn.Module):
     cost at two heads. ``head_layout="full"`` gives the paper's notation (every head sees
     all channels). :meth:`official` builds the official graph.
 
-    Performance: without ``return_attention`` (and outside :func:`torch.compile`, which
-    traces the plain composition and fuses it itself) the block runs on token-major
-    ``(B * N, C)`` memory: ``F_c`` is one GEMM accumulating onto the broadcast text term,
-    the q/k/v maps one batched GEMM over the head groups (which also yields the gates'
-    pooled inputs), attention the fused kernel (no ``N x N`` matrix), and ``F_proj`` one
-    GEMM that accumulates straight into the buffer holding ``w_ja F_ja`` (when ``F_proj``
-    has no norm or activation): the joint gate and the mix are never materialised, and
-    each intermediate gradient is one buffer, with no autograd-side additions. A
-    ``channels_last`` input needs no transposes and gives a ``channels_last`` output; an
-    NCHW map of at least ``PER_SAMPLE_MIN_TOKENS`` positions is read and written in place
-    by per-sample GEMMs, a smaller one is transposed once each way.
-    ``benchmarks/bench_composite.py`` measures all this.
+    ``forward`` is the plain composition of the three parts, the reference. The fused
+    backend (:func:`valfusion.layers.set_backend`; the default ``"auto"`` picks it on CPU
+    and CUDA) computes the same function in one pass over token-major ``(B * N, C)``
+    memory: ``F_c`` one GEMM onto the broadcast text term, the q/k/v maps one batched GEMM
+    that also yields the gates' pooled inputs, attention by SDPA (no ``N x N`` matrix), and
+    ``F_proj`` one GEMM accumulating straight into the buffer of ``w_ja F_ja``; the joint
+    gate and the mix are never materialised. There the output keeps the input's memory
+    format (``channels_last`` in, ``channels_last`` out).
+    ``benchmarks/bench_composite.py`` measures it.
+
+    Token input (ViT / CLIP patch tokens): ``image_features`` may be ``(B, N, C)`` with
+    ``grid_size=(H, W)``. The ``num_prefix_tokens`` first tokens (timm's name: class token,
+    registers) pass through unchanged, and the ``H * W`` patch tokens are composed exactly
+    as the map ``(B, C, H, W)`` they form: VAL's operations are defined on the ``H x W``
+    grid (the spatial gate's conv, the means over the grid), and the ViT blocks that follow
+    mix the class token with the composed patches. The output is ``(B, N, C)``. See the
+    how-to "VAL inside a ViT".
 
     Args:
         image_channels: ``C``; must be divisible by ``num_heads``.
@@ -70,7 +66,9 @@ class CompositeTransformer(nn.Module):
         head_layout: ``"full"`` or ``"grouped"`` (see :class:`SelfAttentionalTransformation`).
         qkv_bias: bias on the q/k/v maps.
         attn_drop: dropout on the attention matrix (training only).
-        fused_attn: use the fused attention kernel unless attention is requested.
+        fused_attn: attention by :func:`torch.nn.functional.scaled_dot_product_attention`
+            unless attention maps are requested, else by the explicit formula (in every
+            backend; see :class:`SelfAttentionalTransformation`).
         fusion_layers: number of 1x1 conv layers in ``F_c``.
         fusion_hidden_channels: width of ``F_c``'s inner layers (``fusion_layers > 1``).
         spatial_kernel_size: kernel of the spatial gate conv ``F_sp``.
@@ -196,78 +194,60 @@ class CompositeTransformer(nn.Module):
         return f"image_channels={self.image_channels}, text_channels={self.text_channels}{size}"
 
     def forward(
-        self, image_features: Tensor, text_features: Tensor, *, return_attention: bool = False
+        self,
+        image_features: Tensor,
+        text_features: Tensor,
+        *,
+        return_attention: bool = False,
+        grid_size: GridSize | None = None,
+        num_prefix_tokens: int = 0,
     ) -> Tensor | tuple[Tensor, CompositeAttention]:
         """Compose.
 
         Args:
-            image_features: reference features ``F_r``, shape ``(B, C, H, W)``.
+            image_features: reference features ``F_r``, shape ``(B, C, H, W)``, or tokens
+                ``(B, N, C)`` with ``N = num_prefix_tokens + H * W``.
             text_features: text feature ``t``, shape ``(B, D)``.
-            return_attention: also return the attention maps; this runs the explicit
-                attention path to get the ``(B, num_heads, N, N)`` weights.
+            return_attention: also return the attention maps; this runs the reference
+                with the explicit attention formula to get the ``(B, num_heads, H W, H W)``
+                weights.
+            grid_size: ``(H, W)`` (or ``H`` for a square grid) of the patch tokens;
+                required for tokens, not allowed for a map.
+            num_prefix_tokens: tokens before the patches, passed through unchanged.
 
         Returns:
-            ``F_o``, shape ``(B, C, H, W)``; with ``return_attention=True`` the pair
-            ``(F_o, CompositeAttention)``.
+            ``F_o``, of ``image_features``' shape; with ``return_attention=True`` the pair
+            ``(F_o, CompositeAttention)`` (maps over the ``H x W`` patch grid). Under
+            :func:`torch.autocast` ``F_o`` has the autocast dtype, as
+            :class:`torch.nn.Conv2d`'s output does.
 
         Raises:
             ValueError: on a wrong rank, channel count, text width, dtype or batch size,
-                a map with ``H = 0`` or ``W = 0``, or a map size other than
-                ``feature_size``. A batch of ``B = 0`` gives an empty output.
+                a map with ``H = 0`` or ``W = 0``, a map size (or ``grid_size``) other than
+                ``feature_size``, or a bad ``grid_size`` or ``num_prefix_tokens``. A batch
+                of ``B = 0`` gives an empty output.
         """
-        check_composer_inputs(self, image_features, text_features)
-        if self.feature_size is not None and tuple(image_features.shape[2:]) != self.feature_size:
+        grid = grid_input(
+            image_features, "image_features", self.image_channels, grid_size, num_prefix_tokens
+        )
+        image, text = check_composer_inputs(self, grid.map, text_features)
+        if self.feature_size is not None and tuple(image.shape[2:]) != self.feature_size:
+            got = f"shape {fmt_shape(image_features)}"
+            if grid.is_tokens:
+                got = f"grid_size={tuple(image.shape[2:])} for tokens of {got}"
             raise ValueError(
                 f"image_features: expected feature map size (H, W) = {self.feature_size} "
-                f"(this block's spatial kernel is tied to it), got shape "
-                f"{fmt_shape(image_features)}"
+                f"(this block's spatial kernel is tied to it), got {got}"
             )
-        if (
-            not return_attention
-            and self.self_attention.fused_attn
-            and use_fused_kernels(image_features)
-        ):
-            return self._forward_tokens(image_features, text_features)
-        fused = self.fusion(image_features, text_features)
+        plan = _kernels.plan(image)
+        if plan is not None and not return_attention:
+            return grid.output(composite_transformer(self, image, text, plan))
+        fused = self.fusion(image, text)
         if not return_attention:
             transformed = self.self_attention(fused)
-            preserved = self.preservation(fused, image_features)
-            return self.w_sa * transformed + self.w_ja * preserved
+            preserved = self.preservation(fused, image)
+            return grid.output(self.w_sa * transformed + self.w_ja * preserved)
         transformed, weights = self.self_attention(fused, return_weights=True)
-        preserved, attention = self.preservation(fused, image_features, return_attention=True)
-        output = self.w_sa * transformed + self.w_ja * preserved
+        preserved, attention = self.preservation(fused, image, return_attention=True)
+        output = grid.output(self.w_sa * transformed + self.w_ja * preserved)
         return output, replace(attention, self_attention=weights)
-
-    def _forward_tokens(self, image: Tensor, text: Tensor) -> Tensor:
-        """The eager fast path on token-major memory (same function as the composition)."""
-        height = image.shape[2]
-        reference = rearrange(image, "b c y x -> b (y x) c")
-        if not (is_channel_major(reference) and reference.shape[1] >= PER_SAMPLE_MIN_TOKENS):
-            # Small maps: one transpose of an NCHW input (shared by the fusion GEMM and the
-            # gated residual) buys single large GEMMs; large NCHW maps are used in place.
-            reference = reference.contiguous()
-        fused, reference = self.fusion.forward_tokens(reference, text, height, return_tokens=True)
-        fused = rearrange(fused, "b c y x -> b (y x) c")
-        # One pass over X for the attention and the gates' pooled inputs: X has a single
-        # consumer, whose backward accumulates all of dX in one buffer.
-        heads, channel_mean, spatial_mean = self.self_attention.attend_tokens(fused, pool=True)
-        channel_gate, spatial_gate = self.preservation.gates(
-            channel_mean, rearrange(spatial_mean, "b (y x) -> b 1 y x", y=height)
-        )
-        channel_gate = self.w_ja * rearrange(channel_gate, "b c 1 1 -> b c")
-        spatial_gate = rearrange(spatial_gate, "b 1 y x -> b (y x)")
-        proj = self.self_attention.proj
-        if all(isinstance(m, nn.Identity) for m in (proj.pad, proj.norm, proj.act)):
-            # w_sa F_proj(heads) = heads (w_sa W)^T + w_sa b: accumulated by the GEMM into
-            # the buffer of w_ja F_ja.
-            weight = self.w_sa * rearrange(proj.conv.weight, "o i 1 1 -> o i")
-            if autocast_dtype(heads) is not None:
-                weight = weight.to(heads.dtype)
-            bias = None if proj.conv.bias is None else self.w_sa * proj.conv.bias
-            out = gated_residual(reference, channel_gate, spatial_gate, heads, weight, bias)
-        else:
-            transformed = self.self_attention.project_tokens(heads, height)
-            out = gated_residual(reference, channel_gate, spatial_gate) + self.w_sa * rearrange(
-                transformed, "b c y x -> b (y x) c"
-            )
-        return like_memory_format(rearrange(out, "b (y x) c -> b c y x", y=height), image)

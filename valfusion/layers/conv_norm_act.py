@@ -13,18 +13,13 @@ from torch.nn.modules.utils import _pair
 from valfusion._validation import check_positive_int
 
 __all__ = [
-    "PER_SAMPLE_MIN_TOKENS",
     "ConvNormAct",
     "LayerFactory",
     "PointwiseConv2d",
-    "autocast_dtype",
     "compiling_without_convolutions",
-    "is_channel_major",
     "is_channels_last",
-    "like_memory_format",
     "pointwise_conv",
     "same_padding",
-    "use_fused_kernels",
 ]
 
 #: A callable building a module, e.g. ``nn.BatchNorm2d`` (called with the channel count)
@@ -48,30 +43,6 @@ def same_padding(kernel_size: int | tuple[int, int]) -> tuple[int, int, int, int
     return (kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2
 
 
-def use_fused_kernels(x: Tensor) -> bool:
-    """Whether the hand-written autograd functions of the eager fast path apply to ``x``.
-
-    Under :func:`torch.compile` and :func:`torch.export` (hence the ONNX exporter) the
-    layers use the plain composition of ops instead: the compiler fuses that itself, and
-    it needs no ``out=`` products. So does the TorchScript tracer (:func:`torch.jit.trace`,
-    the legacy ONNX exporter), which would record an ``out=`` product without its write
-    into the buffer that the next op reads. An empty ``x`` (a batch
-    of zero samples) takes the plain ops too, which handle zero-size tensors.
-
-    Args:
-        x: an input of the layer.
-
-    Returns:
-        ``True`` for a non-empty floating-point ``x`` in eager mode.
-    """
-    return (
-        x.is_floating_point()
-        and x.numel() > 0
-        and not torch.compiler.is_compiling()
-        and not torch.jit.is_tracing()
-    )
-
-
 def compiling_without_convolutions() -> bool:
     """Whether TorchDynamo is tracing: :func:`torch.compile` (and a strict
     :func:`torch.export`), but not the default, non-strict export.
@@ -90,42 +61,6 @@ def compiling_without_convolutions() -> bool:
     return torch.compiler.is_dynamo_compiling()
 
 
-def autocast_dtype(x: Tensor) -> torch.dtype | None:
-    """The autocast dtype for ``x``'s device when autocast is on there.
-
-    Args:
-        x: a tensor on a CPU or CUDA device.
-
-    Returns:
-        The low-precision dtype autocast uses (e.g. ``torch.bfloat16``), or ``None``.
-    """
-    device = x.device.type
-    if device in ("cpu", "cuda") and torch.is_autocast_enabled(device):
-        return torch.get_autocast_dtype(device)
-    return None
-
-
-#: From this many positions per map on, an NCHW map is used in place by per-sample GEMMs
-#: (``(C, N)`` matrices) instead of being transposed to token-major memory first: the
-#: transposes then cost more than the per-sample products lose to one large product.
-PER_SAMPLE_MIN_TOKENS = 256
-
-
-def is_channel_major(tokens: Tensor) -> bool:
-    """Whether ``(B, N, C)`` ``tokens`` are a transposed view of contiguous ``(B, C, N)`` memory.
-
-    Args:
-        tokens: a 3-D tensor.
-
-    Returns:
-        ``True`` for the token view of an NCHW map (``C > 1``, ``N > 1``).
-    """
-    if tokens.dim() != 3:
-        return False
-    _, n, c = tokens.shape
-    return n > 1 and c > 1 and tokens.stride() == (n * c, 1, n)
-
-
 def is_channels_last(x: Tensor) -> bool:
     """Whether ``x`` is a 4-D map stored ``channels_last`` (and not also plain contiguous).
 
@@ -140,21 +75,6 @@ def is_channels_last(x: Tensor) -> bool:
         and not x.is_contiguous()
         and x.is_contiguous(memory_format=torch.channels_last)
     )
-
-
-def like_memory_format(x: Tensor, like: Tensor) -> Tensor:
-    """``x`` in ``like``'s memory format: ``channels_last`` if ``like`` is, else contiguous.
-
-    Args:
-        x: a 4-D tensor.
-        like: a 4-D tensor of the same shape.
-
-    Returns:
-        ``x`` itself when it already has that format, else a copy.
-    """
-    if is_channels_last(like):
-        return x.contiguous(memory_format=torch.channels_last)
-    return x.contiguous()
 
 
 def pointwise_conv(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

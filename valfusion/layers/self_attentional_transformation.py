@@ -3,139 +3,22 @@
 from __future__ import annotations
 
 import math
-from typing import Literal, Protocol
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
-from torch.autograd.function import once_differentiable
 
 from valfusion._validation import check_positive_int
-from valfusion.layers._autograd import AutogradContext
-from valfusion.layers._inputs import check_feature_map, weight_dtype
-from valfusion.layers.conv_norm_act import (
-    ConvNormAct,
-    LayerFactory,
-    autocast_dtype,
-    like_memory_format,
-    use_fused_kernels,
-)
+from valfusion.layers import _kernels
+from valfusion.layers._inputs import GridSize, check_feature_map, grid_input, weight_dtype
+from valfusion.layers._kernels.grouped_qkv import self_attentional_transformation
+from valfusion.layers.conv_norm_act import ConvNormAct, LayerFactory
 
 __all__ = ["HeadLayout", "SelfAttentionalTransformation"]
 
 HeadLayout = Literal["full", "grouped"]
-
-
-class _QKVProjectionContext(AutogradContext, Protocol):
-    has_bias: bool
-
-    @property
-    def saved_tensors(self) -> tuple[Tensor, Tensor]:  # x, weight
-        ...
-
-
-class _GroupedQKVProjection(torch.autograd.Function):
-    """``q/k/v`` of every head from token-major ``x`` by one batched GEMM over channel groups.
-
-    Forward: ``x`` ``(B, N, G * c)`` (``M = B * N`` tokens, ``G`` groups of ``c`` channels),
-    ``weight`` ``(G, 3 * e, c)`` with rows ``(q|k|v, e)`` per group, optional ``bias``
-    ``(G, 3 * e)``. One ``(G, M, c) x (G, c, 3 e)`` batched product writes into a
-    ``(M, G, 3, e)`` buffer, so that ``q``, ``k`` and ``v`` come out as ``(B, heads, N, d)``
-    views whose memory is token-major ``(B, N, heads, d)``: the layout in which the fused
-    attention kernel returns its output and gradients, so no operand is ever copied.
-
-    With ``pool=True`` it also returns the means of ``x`` over tokens ``(B, C)`` and over
-    channels ``(B, N)`` (the inputs of the preservation gates), so that ``x`` has one
-    consumer and its gradient is accumulated here rather than by autograd.
-
-    Backward receives ``dq``, ``dk``, ``dv`` separately (no ``(M, 3 C)`` stacking) and
-    accumulates into one fresh ``dx`` in place:
-    ``dx_g = dq_g W_q,g + dk_g W_k,g + dv_g W_v,g (+ d mean_n / N + d mean_c / C)``.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: _QKVProjectionContext,
-        x: Tensor,
-        weight: Tensor,
-        bias: Tensor | None,
-        num_heads: int,
-        pool: bool,
-    ) -> tuple[Tensor, ...]:
-        groups, rows, cin = weight.shape
-        width = rows // 3
-        x = x.contiguous()
-        tokens = x.shape[0] * x.shape[1]
-        buffer = x.new_empty(tokens, groups, 3, width)
-        out = buffer.view(tokens, groups, rows).transpose(0, 1)  # (G, M, 3e), strided
-        x_groups = x.view(tokens, groups, cin).transpose(0, 1)  # (G, M, c), strided
-        if bias is None:
-            torch.bmm(x_groups, weight.transpose(1, 2), out=out)
-        else:
-            out.copy_(bias[:, None, :].expand_as(out))
-            out.baddbmm_(x_groups, weight.transpose(1, 2))
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        heads = (
-            buffer[:, :, j].reshape(x.shape[0], -1, num_heads, width * groups // num_heads)
-            .transpose(1, 2)
-            for j in range(3)
-        )
-        q, k, v = heads
-        if not pool:
-            return q, k, v
-        return q, k, v, x.mean(dim=1), x.mean(dim=2)
-
-    @staticmethod
-    @once_differentiable
-    def backward(
-        ctx: _QKVProjectionContext, *grads: Tensor | None
-    ) -> tuple[Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        tokens = x.shape[0] * x.shape[1]
-        groups, rows, cin = weight.shape
-        width = rows // 3
-        x_groups = x.view(tokens, groups, cin).transpose(0, 1)
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_x = x.new_empty(x.shape) if need_x else None
-        grad_w = torch.empty_like(weight) if need_w else None
-        grad_b = weight.new_zeros(groups, rows) if (need_b and ctx.has_bias) else None
-        grad_x_groups = None if grad_x is None else grad_x.view(tokens, groups, cin).transpose(0, 1)
-        pooled = grads[3:] if len(grads) == 5 else (None, None)
-        first = True
-        if grad_x is not None and (pooled[0] is not None or pooled[1] is not None):
-            # Start dx from the gradients of the two means (one broadcast pass); the GEMMs
-            # below accumulate onto it.
-            n, c = x.shape[1], x.shape[2]
-            zero = grad_x.new_zeros(())
-            by_channel = zero if pooled[0] is None else pooled[0][:, None, :] / n
-            by_token = zero if pooled[1] is None else pooled[1][:, :, None] / c
-            torch.add(by_channel, by_token, out=grad_x)
-            first = False
-        for j, grad in enumerate(grads[:3]):
-            if grad is None:
-                continue
-            # (B, heads, N, d) -> (G, M, e); free when the memory is (B, N, heads, d).
-            grad = grad.transpose(1, 2).reshape(tokens, groups, width).transpose(0, 1)
-            rows_j = slice(j * width, (j + 1) * width)
-            if grad_x_groups is not None:
-                if first:
-                    torch.bmm(grad, weight[:, rows_j], out=grad_x_groups)
-                    first = False
-                else:
-                    grad_x_groups.baddbmm_(grad, weight[:, rows_j])
-            if grad_w is not None:
-                torch.bmm(grad.transpose(1, 2), x_groups, out=grad_w[:, rows_j])
-            if grad_b is not None:
-                grad_b[:, rows_j] = grad.sum(dim=1)
-        if grad_x is not None and first:
-            grad_x.zero_()
-        if grad_w is not None:
-            for j, grad in enumerate(grads[:3]):
-                if grad is None:
-                    grad_w[:, j * width : (j + 1) * width].zero_()
-        return grad_x, grad_w, grad_b, None, None
 
 
 class SelfAttentionalTransformation(nn.Module):
@@ -158,19 +41,20 @@ class SelfAttentionalTransformation(nn.Module):
     like timm's ``Attention.qkv.weight``, and head ``i`` of the grouped layout uses
     ``qkv_weight[i]`` = ``[W_q; W_k; W_v]`` on channels ``i*d : (i+1)*d``.
 
-    The fused path calls :func:`torch.nn.functional.scaled_dot_product_attention` and
-    never builds the ``N x N`` matrix (on CPU, PyTorch falls back to the explicit formula
-    when attention dropout is active, i.e. in training with ``attn_drop > 0``). The
-    explicit path is used when ``fused_attn=False`` or the weights are requested.
+    ``fused_attn`` (as timm's) chooses how attention is computed:
+    :func:`torch.nn.functional.scaled_dot_product_attention`, which never builds the
+    ``N x N`` matrix (on CPU, PyTorch falls back to the explicit formula when attention
+    dropout is active, i.e. in training with ``attn_drop > 0``), or the explicit
+    ``softmax(Q K^T / sqrt(d)) V``, which ``return_weights=True`` always uses. The backend
+    (:func:`valfusion.layers.set_backend`) chooses the implementation of the rest: the
+    fused one runs the q/k/v maps of all heads as one batched GEMM written straight into
+    the layout the attention kernel reads, on token-major memory, and its output keeps the
+    input's memory format (``channels_last`` in, ``channels_last`` out).
 
-    Performance: the fused path works on token-major ``(B * N, C)`` memory throughout. The
-    q/k/v maps of all heads are one batched GEMM over the channel groups (the grouped
-    layout costs ``3 C^2 / num_heads`` per position, never a block-diagonal ``3 C^2``),
-    written straight into the ``(B, N, heads, d)`` layout the attention kernel reads and
-    returns, and ``F_proj`` is one GEMM on that output. An NCHW input is transposed once
-    on the way in and the output once on the way out; a ``channels_last`` input needs
-    neither (the output then is ``channels_last`` too). Under :func:`torch.compile` the
-    plain composition of ops is traced instead.
+    Token input (ViT / CLIP patch tokens): ``x`` may be ``(B, N, C)`` with
+    ``grid_size=(H, W)``; the ``num_prefix_tokens`` first tokens (class token, registers)
+    pass through unchanged, and attention runs over the ``H * W`` patch tokens exactly as
+    over the positions of the map ``(B, C, H, W)`` they form; the output is ``(B, N, C)``.
 
     Args:
         channels: ``C``; must be divisible by ``num_heads``.
@@ -181,7 +65,9 @@ class SelfAttentionalTransformation(nn.Module):
         attn_drop: dropout probability on the attention matrix (training only).
         proj_norm_layer: normalisation after the output 1x1 conv ``F_proj``.
         proj_act_layer: activation after ``proj_norm_layer``.
-        fused_attn: use the fused kernel when the weights are not requested.
+        fused_attn: attention by :func:`torch.nn.functional.scaled_dot_product_attention`
+            when the weights are not requested, else by the explicit formula (in every
+            backend).
 
     Raises:
         ValueError: on a bad size, layout or dropout probability.
@@ -241,107 +127,64 @@ class SelfAttentionalTransformation(nn.Module):
             f"head_layout={self.head_layout!r}, fused_attn={self.fused_attn}"
         )
 
-    def attend_tokens(
-        self, x: Tensor, *, pool: bool = False
-    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-        """Fused multi-head attention on token-major features, before ``F_proj``.
-
-        Args:
-            x: ``(B, N, C)`` tokens (contiguous memory avoids a copy).
-            pool: also return ``x``'s means over tokens and over channels, computed in the
-                same pass (the composite transformer's gates read them).
-
-        Returns:
-            ``(B, N, C)``, the concatenated head outputs
-            ``concat_i softmax(Q_i K_i^T / sqrt(d)) V_i`` (channels ordered ``(head, d)``);
-            with ``pool=True`` the triple ``(heads, mean_n x (B, C), mean_c x (B, N))``.
-        """
-        weight: Tensor = self.qkv_weight
-        bias: Tensor | None = self.qkv_bias
-        dtype = autocast_dtype(x)
-        if dtype is None:
-            outs = _GroupedQKVProjection.apply(x, weight, bias, self.num_heads, pool)
-        else:
-            # What autocast would do to the GEMM: run it in the low-precision dtype.
-            weight = weight.to(dtype)
-            bias = None if bias is None else bias.to(dtype)
-            with torch.autocast(x.device.type, enabled=False):
-                outs = _GroupedQKVProjection.apply(x.to(dtype), weight, bias, self.num_heads, pool)
-        q, k, v = outs[:3]
-        drop = self.attn_drop.p if self.training else 0.0
-        heads = rearrange(F.scaled_dot_product_attention(q, k, v, dropout_p=drop),
-                          "b h n d -> b n (h d)")
-        if not pool:
-            return heads
-        return heads, outs[3], outs[4]
-
-    def project_tokens(self, x: Tensor, height: int) -> Tensor:
-        """``F_proj`` on token-major head outputs.
-
-        Args:
-            x: ``(B, N, C)`` from :meth:`attend_tokens`, ``N = H * W``.
-            height: ``H``.
-
-        Returns:
-            ``F_sa``, shape ``(B, C, H, W)``, in ``channels_last`` memory.
-        """
-        return self.proj(rearrange(x, "b (y x) c -> b c y x", y=height))
-
     def _qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``(B, C, H, W) -> 3 x (B, heads, N, d)``, each with unit stride on ``d``."""
+        """``(B, C, H, W) -> 3 x (B, heads, N, d)``: ``[q; k; v]_g = W_g x_g + b_g`` per
+        channel group ``g`` (one group for the full layout)."""
         positions = x.shape[2] * x.shape[3]
-        tokens = rearrange(x, "b c y x -> b (y x) c")
-        if self.groups == 1:
-            bias = None if self.qkv_bias is None else self.qkv_bias[0]
-            # One GEMM; BLAS reads the transposed NCHW view directly, no copy.
-            qkv = F.linear(tokens, self.qkv_weight[0], bias)
-            q, k, v = rearrange(qkv, "b n (three h d) -> three b h n d", three=3, h=self.num_heads)
-            return q, k, v
-        # One batched GEMM over the heads: (G, B*N, d) x (G, d, 3d). Token-major memory is
-        # needed for that view, so an NCHW input is copied once here.
-        tokens = rearrange(tokens.contiguous(), "b n (g c) -> g (b n) c", g=self.groups)
-        weight = self.qkv_weight.transpose(1, 2)
-        if self.qkv_bias is None:
-            qkv = torch.bmm(tokens, weight)
-        else:
-            qkv = torch.baddbmm(rearrange(self.qkv_bias, "g e -> g 1 e"), tokens, weight)
-        # n, not b, is given: from zero elements (b = 0) einops could not infer n
-        q, k, v = rearrange(qkv, "g (b n) (three d) -> three b g n d", n=positions, three=3)
+        groups = rearrange(x, "b (g c) y x -> g (b y x) c", g=self.groups)
+        qkv = torch.matmul(groups, self.qkv_weight.transpose(1, 2))  # (G, B N, 3 e)
+        if self.qkv_bias is not None:
+            qkv = qkv + rearrange(self.qkv_bias, "g e -> g 1 e")
+        # Within a group the rows are (q|k|v, head of the group, d). n, not b, is given:
+        # from zero elements (b = 0) einops could not infer n.
+        q, k, v = rearrange(
+            qkv, "g (b n) (three h d) -> three b (g h) n d", n=positions, three=3, d=self.head_dim
+        )
         return q, k, v
 
-    def forward(self, x: Tensor, *, return_weights: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        x: Tensor,
+        *,
+        return_weights: bool = False,
+        grid_size: GridSize | None = None,
+        num_prefix_tokens: int = 0,
+    ) -> Tensor | tuple[Tensor, Tensor]:
         """Transform a map by self-attention over its positions.
 
         Args:
-            x: the fused map ``X``, shape ``(B, C, H, W)``.
-            return_weights: also return the attention weights (explicit path).
+            x: the fused map ``X``, shape ``(B, C, H, W)``, or tokens ``(B, N, C)`` with
+                ``N = num_prefix_tokens + H * W``.
+            return_weights: also return the attention weights (explicit formula).
+            grid_size: ``(H, W)`` (or ``H`` for a square grid) of the patch tokens;
+                required for tokens, not allowed for a map.
+            num_prefix_tokens: tokens before the patches, passed through unchanged.
 
         Returns:
-            ``F_sa``, shape ``(B, C, H, W)``; with ``return_weights=True`` the pair
-            ``(F_sa, weights)``, weights of shape ``(B, num_heads, N, N)``, ``N = H * W``,
-            each row a softmax over key positions (before dropout).
+            ``F_sa``, shape ``(B, C, H, W)`` (``(B, N, C)`` for tokens); with
+            ``return_weights=True`` the pair ``(F_sa, weights)``, weights of shape
+            ``(B, num_heads, H W, H W)`` over the patch positions, each row a softmax over
+            key positions (before dropout). Under :func:`torch.autocast` ``F_sa`` has the
+            autocast dtype, as :class:`torch.nn.Conv2d`'s output does.
 
         Raises:
-            ValueError: on a wrong rank, channel count or dtype, or a map with ``H = 0`` or
-                ``W = 0``.
+            ValueError: on a wrong rank, channel count or dtype, a map with ``H = 0`` or
+                ``W = 0``, or a bad ``grid_size`` or ``num_prefix_tokens``.
         """
-        check_feature_map(x, "x", self.channels, dtype=weight_dtype(self))
-        height = x.shape[2]
-        if self.fused_attn and not return_weights and use_fused_kernels(x):
-            tokens = rearrange(x, "b c y x -> b (y x) c")  # strided unless x is channels_last
-            heads = self.attend_tokens(tokens.contiguous())
-            assert isinstance(heads, Tensor)
-            out = self.project_tokens(heads, height)
-            return like_memory_format(out, x)
+        grid = grid_input(x, "x", self.channels, grid_size, num_prefix_tokens)
+        x = check_feature_map(grid.map, "x", self.channels, dtype=weight_dtype(self))
+        plan = _kernels.plan(x)
+        if plan is not None and not return_weights:
+            return grid.output(self_attentional_transformation(self, x))
         q, k, v = self._qkv(x)
         weights = None
         if return_weights or not self.fused_attn:
             weights = ((q * (self.head_dim**-0.5)) @ k.transpose(-2, -1)).softmax(dim=-1)
-            out = self.attn_drop(weights) @ v
+            heads = self.attn_drop(weights) @ v
         else:
             drop = self.attn_drop.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        out = self.proj(rearrange(out, "b h (y x) d -> b (h d) y x", y=height))
+            heads = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+        out = grid.output(self.proj(rearrange(heads, "b h (y x) d -> b (h d) y x", y=x.shape[2])))
         if return_weights:
             assert weights is not None
             return out, weights

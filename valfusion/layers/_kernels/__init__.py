@@ -1,0 +1,168 @@
+"""The fused kernels behind the composite transformer and its parts, and when they run.
+
+Each file holds one kernel: a function of the layer module and its token-major inputs,
+built on a hand-written ``torch.autograd.Function``, with the formula it computes and the
+reference (the layer's ``forward``) it must equal. The layers call :func:`plan` once per
+call; ``None`` means: run the reference.
+
+* ``token_projection.py``: ``F_c``'s first 1x1 conv as one GEMM onto the text term.
+* ``grouped_qkv.py``: the q/k/v maps of all heads as one batched GEMM, then SDPA.
+* ``gated_residual.py``: ``r * (a ⊗ s) [+ t W^T + b]`` in one buffer (preservation and mix).
+* ``composite.py``: the composite transformer as one pass over token-major memory.
+
+Autocast: every ``Function`` is applied through :func:`autocast_apply`, which wraps it in
+:func:`torch.amp.custom_fwd` / :func:`torch.amp.custom_bwd` for the active device and
+autocast dtype: its floating inputs are cast to that dtype (as autocast casts a
+convolution's), so its outputs have that dtype, as :class:`torch.nn.Conv2d`'s do.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from valfusion.layers.backend import get_backend
+
+__all__ = [
+    "DEVICE_PLANS",
+    "PER_SAMPLE_MIN_TOKENS",
+    "TOKEN_MAJOR",
+    "Plan",
+    "autocast_apply",
+    "device_plan",
+    "is_channel_major",
+    "like_memory_format",
+    "plan",
+]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the fused kernels lay out a ``(B, C, H, W)`` map.
+
+    Attributes:
+        per_sample_min_tokens: from this many positions on, an NCHW map is read and written
+            in place by one GEMM per sample on its ``(C, N)`` matrices; smaller maps (and
+            every map when ``None``) are transposed once to token-major ``(B N, C)`` memory
+            on the way in and once on the way out, and every product is one large GEMM.
+    """
+
+    per_sample_min_tokens: int | None
+
+
+#: On the two-core CPU, in fp32, the transposes of an NCHW map of this many positions cost
+#: more than per-sample GEMMs lose to one large GEMM (``benchmarks/results/composite_limits.md``).
+PER_SAMPLE_MIN_TOKENS = 256
+
+TOKEN_MAJOR = Plan(per_sample_min_tokens=None)
+"""One transpose each way, single large GEMMs: the layout with no per-sample loops."""
+
+DEVICE_PLANS: dict[tuple[str, torch.dtype | None], Plan] = {
+    # Measured on CPU (benchmarks/results/composite*.md): the fused kernels beat the
+    # reference composition at all three VAL levels, per-sample GEMMs on large NCHW maps.
+    ("cpu", None): Plan(per_sample_min_tokens=PER_SAMPLE_MIN_TOKENS),
+    # bf16 autocast on CPU (two cores, batch 16, fwd+bwd, one run of 3 alternating rounds):
+    # token-major was 1.12x faster at 256 positions (1024 channels), per-sample 1.04x
+    # faster at 1024 positions (512 channels).
+    ("cpu", torch.bfloat16): Plan(per_sample_min_tokens=1024),
+    # NOT YET MEASURED on a GPU. Per-sample weight-gradient GEMMs on channel-major maps lost
+    # 1.7-1.9x to the official graph's preservation on an H100 (fp32), so CUDA takes the
+    # token-major layout: one transpose each way, single large GEMMs, and SDPA's fused
+    # kernels. Which backend is faster there (the reference, this) is still to be measured.
+    ("cuda", None): TOKEN_MAJOR,
+}
+"""``"auto"``'s choice per device type and compute dtype (the autocast dtype under
+autocast, else the input's): the plan of the fused kernels; ``(device, None)`` covers the
+dtypes without an entry of their own, and a device without any entry runs the reference."""
+
+
+def device_plan(device_type: str, dtype: torch.dtype) -> Plan | None:
+    """The :data:`DEVICE_PLANS` entry for a device type and compute dtype, if any."""
+    return DEVICE_PLANS.get((device_type, dtype), DEVICE_PLANS.get((device_type, None)))
+
+
+def plan(x: Tensor) -> Plan | None:
+    """The fused kernels' plan for a layer input ``x``, or ``None`` to run the reference.
+
+    The reference runs whenever the backend is ``"reference"``; for an empty ``x`` (plain
+    ops handle zero-size tensors); and under :func:`torch.compile`, :func:`torch.export`
+    and :func:`torch.jit.trace`: the compiler fuses the plain composition itself, and the
+    tracer would record the kernels' ``out=`` products without their writes. Otherwise
+    ``"fused"`` takes the device's plan (token-major on devices without one) and
+    ``"auto"`` the :data:`DEVICE_PLANS` entry, the reference on devices without one.
+
+    Args:
+        x: a layer's image input (a map, or the map view of its tokens).
+
+    Returns:
+        A :class:`Plan`, or ``None``.
+    """
+    backend = get_backend()
+    if (
+        backend == "reference"
+        or x.numel() == 0
+        or torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+    ):
+        return None
+    device = x.device.type
+    autocast = device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
+    chosen = device_plan(device, torch.get_autocast_dtype(device) if autocast else x.dtype)
+    if backend == "fused":
+        return TOKEN_MAJOR if chosen is None else chosen
+    return chosen
+
+
+def is_channel_major(tokens: Tensor) -> bool:
+    """Whether ``(B, N, C)`` ``tokens`` are the token view of a contiguous NCHW map
+    (``C > 1``, ``N > 1``): memory ``(B, C, N)``."""
+    if tokens.dim() != 3:
+        return False
+    _, n, c = tokens.shape
+    return n > 1 and c > 1 and tokens.stride() == (n * c, 1, n)
+
+
+def like_memory_format(x: Tensor, like: Tensor) -> Tensor:
+    """``x`` (a ``(B, C, H, W)`` map) in ``like``'s memory: token-major (``channels_last``)
+    when ``like``'s channels have unit stride, as for a ``channels_last`` map or the map
+    view of a ``(B, N, C)`` token sequence; else contiguous NCHW. ``x`` itself when it
+    already has that layout."""
+    if like.shape[1] > 1 and like.shape[2] * like.shape[3] > 1 and like.stride(1) == 1:
+        return x.contiguous(memory_format=torch.channels_last)
+    return x.contiguous()
+
+
+def autocast_apply(function: type[torch.autograd.Function], *args: Any) -> Any:
+    """``function.apply(*args)``, under autocast through :func:`torch.amp.custom_fwd`
+    (inputs cast to the autocast dtype, autocast off inside) and :func:`torch.amp.custom_bwd`.
+
+    Args:
+        function: a ``torch.autograd.Function`` whose forward takes same-dtype inputs.
+        *args: its inputs; the first is a tensor on the device whose autocast state counts.
+
+    Returns:
+        What ``function.apply`` returns.
+    """
+    device_type = args[0].device.type
+    if device_type not in ("cpu", "cuda") or not torch.is_autocast_enabled(device_type):
+        return function.apply(*args)
+    dtype = torch.get_autocast_dtype(device_type)
+    return _under_autocast(function, device_type, dtype).apply(*args)
+
+
+@functools.cache
+def _under_autocast(
+    function: type[torch.autograd.Function], device_type: str, dtype: torch.dtype
+) -> type[torch.autograd.Function]:
+    """``function`` with its forward and backward decorated for autocast on one device."""
+    forward = torch.amp.custom_fwd(function.forward, device_type=device_type, cast_inputs=dtype)
+    backward = torch.amp.custom_bwd(function.backward, device_type=device_type)
+    return type(
+        function.__name__,
+        (function,),
+        {"forward": staticmethod(forward), "backward": staticmethod(backward)},
+    )
