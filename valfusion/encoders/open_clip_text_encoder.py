@@ -3,6 +3,12 @@
 ``open_clip_torch`` is optional (``pip install "valfusion[open_clip]"``) and imported only
 when an encoder is built. A model name alone builds random weights; pretrained CLIP
 weights download only when the caller names them (``"ViT-B-32@laion2b_s34b_b79k"``).
+One exception is open_clip's, not valfusion's: a model whose text tower or tokenizer comes
+from Hugging Face (``hf_model_name`` or ``hf_tokenizer_name`` in its config, e.g.
+``"xlm-roberta-base-ViT-B-32"`` or the SigLIP models) has open_clip fetch that
+configuration and tokenizer from the Hub whenever it is built, also without weights and
+from a saved architecture. CLIP's own models (``"ViT-B-32"``, ...), with the BPE tokenizer
+bundled in open_clip, need nothing from the network.
 """
 
 from __future__ import annotations
@@ -189,7 +195,9 @@ class OpenCLIPTextEncoder(TextEncoder):
             name: ``MODEL`` (random weights; e.g. ``"ViT-B-32"``, or a name registered
                 with ``open_clip.add_model_config``) or ``MODEL@PRETRAINED`` (a pretrained
                 tag such as ``laion2b_s34b_b79k``, which open_clip downloads into its
-                cache, or a local checkpoint file).
+                cache, or a local checkpoint file). A model with a Hugging Face text
+                tower or tokenizer also fetches their configuration and tokenizer files
+                (see the module docstring).
             output_dim: Output feature size ``D``.
             **kwargs: ``norm``, ``freeze`` (see the class).
 
