@@ -194,6 +194,17 @@ def _import_timm(needed_by: str) -> Any:
     return timm
 
 
+def check_built_module_options(model: nn.Module, options: Mapping[str, object]) -> None:
+    """Require the options that configure a model built by name to be unset (``None``)
+    when ``model`` is a module already built: one line names the first one given."""
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise ValueError(
+            f"{given[0]}: only used when model is a timm name; got a built module "
+            f"({type(model).__name__}); configure it before passing it"
+        )
+
+
 # Arguments of timm's feature-extraction wrapper, not of the model itself.
 _FEATURE_KWARGS = ("features_only", "out_indices", "feature_cls", "feature_cfg")
 

@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from valfusion.encoders.backbone_weights import create_timm_model
+from valfusion.encoders.backbone_weights import check_built_module_options, create_timm_model
 from valfusion.encoders.pyramid import FeaturePyramid, _image_size
 
 __all__ = ["TimmPyramid"]
@@ -93,17 +93,9 @@ class TimmPyramid(FeaturePyramid):
             )
         elif isinstance(model, nn.Module):
             backbone = model
-            unused = {
-                "out_indices": out_indices,
-                "weights": weights,
-                **kwargs,
-            }
-            given = [name for name, value in unused.items() if value is not None]
-            if given:
-                raise ValueError(
-                    f"{given[0]}: only used when model is a timm name; got a built module "
-                    f"({type(model).__name__}); configure it before passing it"
-                )
+            check_built_module_options(
+                model, {"out_indices": out_indices, "weights": weights, **kwargs}
+            )
         else:
             raise ValueError(
                 f"model: expected a timm model name or an nn.Module, got {type(model).__name__}"

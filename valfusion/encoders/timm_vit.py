@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from valfusion.encoders.backbone_weights import create_timm_model
+from valfusion.encoders.backbone_weights import check_built_module_options, create_timm_model
 from valfusion.encoders.pyramid import FeaturePyramid, _image_size, check_images
 
 __all__ = ["TimmViTPyramid", "default_vit_indices"]
@@ -100,14 +100,7 @@ class TimmViTPyramid(FeaturePyramid):
             kwargs.setdefault("num_classes", 0)
             vit = create_timm_model(model, weights, needed_by="TimmViTPyramid", **kwargs)
         elif isinstance(model, nn.Module):
-            given = [
-                name for name, value in {"weights": weights, **kwargs}.items() if value is not None
-            ]
-            if given:
-                raise ValueError(
-                    f"{given[0]}: only used when model is a timm name; got a built module "
-                    f"({type(model).__name__}); configure it before passing it"
-                )
+            check_built_module_options(model, {"weights": weights, **kwargs})
             vit = model
         else:
             raise ValueError(
