@@ -70,13 +70,15 @@ class _GroupedQKVProjection(torch.autograd.Function):
         num_heads: int,
         pool: bool,
     ) -> tuple[Tensor, ...]:
-        groups, rows, cin = weight.shape
+        groups, rows, _ = weight.shape
         width = rows // 3
         x = x.contiguous()
         tokens = x.shape[0] * x.shape[1]
         buffer = x.new_empty(tokens, groups, 3, width)
+        # .view, not rearrange, for the out= target: it must alias the buffer, and .view
+        # fails loudly where a reshape would silently copy.
         out = buffer.view(tokens, groups, rows).transpose(0, 1)  # (G, M, 3e), strided
-        x_groups = x.view(tokens, groups, cin).transpose(0, 1)  # (G, M, c), strided
+        x_groups = rearrange(x, "b n (g c) -> g (b n) c", g=groups)  # strided view
         if bias is None:
             torch.bmm(x_groups, weight.transpose(1, 2), out=out)
         else:
@@ -84,12 +86,16 @@ class _GroupedQKVProjection(torch.autograd.Function):
             out.baddbmm_(x_groups, weight.transpose(1, 2))
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        heads = (
-            buffer[:, :, j].reshape(x.shape[0], -1, num_heads, width * groups // num_heads)
-            .transpose(1, 2)
+        # Within a group the rows are (head of the group, d); views, memory (B, N, heads, d).
+        q, k, v = (
+            rearrange(
+                buffer[:, :, j],
+                "(b n) g (h d) -> b (g h) n d",
+                n=x.shape[1],
+                d=width * groups // num_heads,
+            )
             for j in range(3)
         )
-        q, k, v = heads
         if not pool:
             return q, k, v
         return q, k, v, x.mean(dim=1), x.mean(dim=2)
@@ -103,11 +109,12 @@ class _GroupedQKVProjection(torch.autograd.Function):
         tokens = x.shape[0] * x.shape[1]
         groups, rows, cin = weight.shape
         width = rows // 3
-        x_groups = x.view(tokens, groups, cin).transpose(0, 1)
+        x_groups = rearrange(x, "b n (g c) -> g (b n) c", g=groups)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         grad_x = x.new_empty(x.shape) if need_x else None
         grad_w = torch.empty_like(weight) if need_w else None
         grad_b = weight.new_zeros(groups, rows) if (need_b and ctx.has_bias) else None
+        # An out= target below: .view (see forward).
         grad_x_groups = None if grad_x is None else grad_x.view(tokens, groups, cin).transpose(0, 1)
         pooled = grads[3:] if len(grads) == 5 else (None, None)
         first = True
@@ -124,7 +131,7 @@ class _GroupedQKVProjection(torch.autograd.Function):
             if grad is None:
                 continue
             # (B, heads, N, d) -> (G, M, e); free when the memory is (B, N, heads, d).
-            grad = grad.transpose(1, 2).reshape(tokens, groups, width).transpose(0, 1)
+            grad = rearrange(grad, "b (g h) n d -> g (b n) (h d)", g=groups)
             rows_j = slice(j * width, (j + 1) * width)
             if grad_x_groups is not None:
                 if first:
