@@ -43,6 +43,7 @@ def default_out_dir() -> Path:
     """
     return RESULTS_DIR if RESULTS_DIR.is_dir() else Path.cwd() / INSTALLED_RESULTS_DIR
 
+
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
