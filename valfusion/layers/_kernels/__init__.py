@@ -67,7 +67,8 @@ DEVICE_PLANS: dict[tuple[str, torch.dtype | None], Plan] = {
     ("cpu", None): Plan(per_sample_min_tokens=PER_SAMPLE_MIN_TOKENS),
     # bf16 autocast on CPU (two cores, batch 16, fwd+bwd, one run of 3 alternating rounds):
     # token-major was 1.12x faster at 256 positions (1024 channels), per-sample 1.04x
-    # faster at 1024 positions (512 channels).
+    # faster at 1024 positions (512 channels). A one-off comparison of the two plans, not
+    # a committed results file: bf16 on CPU is not in benchmarks/results/ yet.
     ("cpu", torch.bfloat16): Plan(per_sample_min_tokens=1024),
     # NOT YET MEASURED on a GPU. Per-sample weight-gradient GEMMs on channel-major maps lost
     # 1.7-1.9x to the official graph's preservation on an H100 (fp32), so CUDA takes the
