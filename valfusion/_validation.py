@@ -122,6 +122,13 @@ def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
         raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
 
 
+def check_bool(value: object, name: str) -> bool:
+    """Require ``True`` or ``False`` (a flag; ``0``/``1`` and other truthy values are refused)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: expected True or False, got {value!r}")
+    return value
+
+
 def check_positive_int(value: object, name: str) -> int:
     """Require a positive Python int (constructor arguments)."""
     if not is_positive_int(value):

@@ -47,12 +47,6 @@ def check_texts(texts: object) -> list[str]:
     return texts
 
 
-def check_bool(value: object, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}: expected True or False, got {value!r}")
-    return value
-
-
 def freeze_(module: nn.Module) -> None:
     """Stop gradients into ``module`` and put it in eval mode (no dropout)."""
     module.requires_grad_(False)

@@ -15,9 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from valfusion._validation import check_choice, check_tokens
+from valfusion._validation import check_bool, check_choice, check_tokens
 from valfusion.encoders._text_head import (
-    check_bool,
     check_texts,
     freeze_,
     projection_head,

@@ -6,7 +6,7 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from valfusion._validation import check_positive_int
+from valfusion._validation import check_bool, check_positive_int
 from valfusion.layers._inputs import check_composer_inputs
 from valfusion.layers.composite_attention import CompositeAttention
 from valfusion.layers.conv_norm_act import PointwiseConv2d
@@ -51,9 +51,7 @@ class TIRG(nn.Module):
         super().__init__()
         self.image_channels = check_positive_int(image_channels, "image_channels")
         self.text_channels = check_positive_int(text_channels, "text_channels")
-        if not isinstance(pool, bool):
-            raise ValueError(f"pool: expected True or False, got {pool!r}")
-        self.pool = pool
+        self.pool = check_bool(pool, "pool")
         merged = image_channels + text_channels
         hidden = merged if hidden_channels is None else hidden_channels
         check_positive_int(hidden, "hidden_channels")
