@@ -11,13 +11,14 @@ Internals trust their inputs; only public ``forward``/functions call these.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TypeGuard
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "check_bool",
     "check_choice",
     "check_dtype",
     "check_floating",
@@ -28,6 +29,7 @@ __all__ = [
     "check_positive_number",
     "check_same_batch",
     "check_size",
+    "check_texts",
     "check_tokens",
     "fmt_shape",
     "is_positive_int",
@@ -127,6 +129,26 @@ def check_bool(value: object, name: str) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"{name}: expected True or False, got {value!r}")
     return value
+
+
+def check_texts(texts: object) -> list[str]:
+    """Require ``texts``, a batch of strings: a non-empty iterable of ``str`` (not a bare
+    ``str``, which would be a batch of characters); returns it as a list."""
+    if isinstance(texts, str):
+        raise ValueError(
+            "texts: expected a sequence of strings, got a single str; wrap it in a list"
+        )
+    if not isinstance(texts, Iterable):
+        raise ValueError(f"texts: expected a sequence of strings, got {type(texts).__name__}")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("texts: expected at least one text, got an empty sequence")
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise ValueError(
+                f"texts: expected strings, got {type(text).__name__} at position {index}"
+            )
+    return texts
 
 
 def check_positive_int(value: object, name: str) -> int:

@@ -1,10 +1,10 @@
-"""The end shared by the transformer text encoders: projection, batch norm, freezing."""
+"""What the transformer text encoders share: projection head, freezing, atomic saving of files."""
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -26,25 +26,6 @@ def projection_head(in_dim: int, output_dim: int, norm: str | None) -> tuple[nn.
     check_choice(norm, "norm", NORMS)
     norm_layer: nn.Module = nn.BatchNorm1d(output_dim) if norm == "batch" else nn.Identity()
     return nn.Linear(in_dim, output_dim), norm_layer
-
-
-def check_texts(texts: object) -> list[str]:
-    """Require a non-empty sequence of strings (not a bare ``str``)."""
-    if isinstance(texts, str):
-        raise ValueError(
-            "texts: expected a sequence of strings, got a single str; wrap it in a list"
-        )
-    if not isinstance(texts, Sequence):
-        raise ValueError(f"texts: expected a sequence of strings, got {type(texts).__name__}")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("texts: expected at least one text, got an empty sequence")
-    for index, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise ValueError(
-                f"texts: expected strings, got {type(text).__name__} at position {index}"
-            )
-    return texts
 
 
 def freeze_(module: nn.Module) -> None:

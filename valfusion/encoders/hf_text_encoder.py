@@ -15,13 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from valfusion._validation import check_bool, check_choice, check_tokens
-from valfusion.encoders._text_head import (
-    check_texts,
-    freeze_,
-    projection_head,
-    save_atomically,
-)
+from valfusion._validation import check_bool, check_choice, check_texts, check_tokens
+from valfusion.encoders._text_head import freeze_, projection_head, save_atomically
 from valfusion.encoders.text_encoder import TextEncoder
 from valfusion.encoders.vocabulary import DEFAULT_MAX_TOKENS
 

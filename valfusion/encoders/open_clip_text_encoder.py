@@ -24,13 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from valfusion._io import atomic_write
-from valfusion._validation import check_bool, check_tokens
-from valfusion.encoders._text_head import (
-    check_texts,
-    freeze_,
-    projection_head,
-    save_atomically,
-)
+from valfusion._validation import check_bool, check_texts, check_tokens
+from valfusion.encoders._text_head import freeze_, projection_head, save_atomically
 from valfusion.encoders.text_encoder import TextEncoder
 
 __all__ = ["OpenCLIPTextEncoder"]

@@ -28,7 +28,13 @@ import torch
 from torch import Tensor
 
 from valfusion._io import atomic_write
-from valfusion._validation import check_int_tensor, check_ndim, check_same_batch, fmt_shape
+from valfusion._validation import (
+    check_int_tensor,
+    check_ndim,
+    check_same_batch,
+    check_texts,
+    fmt_shape,
+)
 
 __all__ = ["DEFAULT_MAX_TOKENS", "EncodedTexts", "Vocabulary", "tokenize"]
 
@@ -281,13 +287,7 @@ class Vocabulary:
             UserWarning: The first time this vocabulary truncates, naming how many texts of
                 the batch it cut (later truncations are only counted).
         """
-        if isinstance(texts, str):
-            raise ValueError(
-                "texts: expected a sequence of strings, got a single str; wrap it in a list"
-            )
-        texts = list(texts)
-        if not texts:
-            raise ValueError("texts: expected at least one text, got an empty sequence")
+        texts = check_texts(texts)
         if max_length is not None and (
             isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1
         ):
@@ -295,11 +295,7 @@ class Vocabulary:
         cap = self.max_tokens if max_length is None else max_length
         rows: list[list[int]] = []
         truncated = longest = 0
-        for index, text in enumerate(texts):
-            if not isinstance(text, str):
-                raise ValueError(
-                    f"texts: expected strings, got {type(text).__name__} at position {index}"
-                )
+        for text in texts:
             tokens = tokenize(text)
             if cap is not None and len(tokens) > cap:
                 truncated += 1
