@@ -91,7 +91,9 @@ def grid_input(
     token-specific parts (rank, channels, grid); the map checks follow on ``.map``.
 
     Raises:
-        ValueError: naming ``grid_size`` when it is missing for tokens, given for a map,
+        ValueError: naming ``name`` for a 3-D ``x`` without ``grid_size`` (a map of the
+            wrong rank, or tokens missing their grid: the message offers both), or with
+            the wrong channel count; naming ``grid_size`` when it is given for a map,
             malformed, or when ``N - num_prefix_tokens != H * W``; naming
             ``num_prefix_tokens`` when it is not an int ``>= 0`` or given for a map.
     """
