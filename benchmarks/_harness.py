@@ -438,8 +438,11 @@ def environment_header(title: str, argv: Sequence[str] | None = None, device: st
         # the name it was run by (an editable install maps the second to the checkout's
         # folder), else the name its path implies.
         parts = Path(argv[0]).parts
-        module = "valfusion.benchmarks" if parts[-3:-1] == ("valfusion", "benchmarks") else (
-            "benchmarks" if parts[-2:-1] == ("benchmarks",) else None)
+        module: str | None = None
+        if parts[-3:-1] == ("valfusion", "benchmarks"):
+            module = "valfusion.benchmarks"
+        elif parts[-2:-1] == ("benchmarks",):
+            module = "benchmarks"
         if main_spec is not None and main_spec.name.endswith(".__main__"):
             module = main_spec.name.removesuffix(".__main__")
         if module is not None:
