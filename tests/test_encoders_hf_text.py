@@ -149,6 +149,15 @@ def test_hf_spec_loads_a_local_folder_and_its_weights(tmp_path):
         torch.testing.assert_close(encoder.model.state_dict()[name], value, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("missing", ["/no/such/bert", "./no-such-bert", "~/no-such-bert"])
+def test_a_missing_folder_is_not_taken_for_a_hub_name(tmp_path, missing):
+    with pytest.raises(ValueError, match=r"^name_or_path: expected an existing folder .*"
+                       r"which is not a folder"):
+        HFTextEncoder.from_pretrained(missing, 8)
+    with pytest.raises(ValueError, match=r"^name_or_path: .*not a folder"):
+        HFTextEncoder.from_pretrained(tmp_path / "absent", 8)
+
+
 def test_hf_spec_with_architecture_rebuilds_without_weights(tmp_path):
     make_encoder().save_architecture(tmp_path)
     encoder = build_text_encoder("hf:not-a-model-anywhere", 8, architecture=tmp_path)

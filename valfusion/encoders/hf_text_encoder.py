@@ -126,8 +126,10 @@ class HFTextEncoder(TextEncoder):
         """Load a pretrained model and its tokenizer with ``AutoModel``/``AutoTokenizer``.
 
         A local folder is read; any other string is a hub name, which ``transformers``
-        downloads (into its cache) because the caller named it. No code from the folder or
-        the hub runs (``trust_remote_code`` stays off).
+        downloads (into its cache) because the caller named it. A path (an
+        ``os.PathLike``, or a string starting with ``/``, ``.`` or ``~``) must be an
+        existing folder: it is never taken for a hub name. No code from the folder or the
+        hub runs (``trust_remote_code`` stays off).
 
         Args:
             name_or_path: A folder with ``config.json``, weights and tokenizer files, or
@@ -137,9 +139,17 @@ class HFTextEncoder(TextEncoder):
 
         Raises:
             ImportError: If ``transformers`` is not installed.
+            ValueError: If ``name_or_path`` is a path but not an existing folder.
         """
-        transformers = _import_transformers()
         source = os.fspath(name_or_path)
+        is_path = isinstance(name_or_path, os.PathLike) or source.startswith(("/", ".", "~"))
+        if is_path and not Path(source).expanduser().is_dir():
+            raise ValueError(
+                f"name_or_path: expected an existing folder (written by save_pretrained) or a "
+                f"hub model name, got {source!r}, which is not a folder"
+            )
+        transformers = _import_transformers()
+        source = os.path.expanduser(source)
         model = transformers.AutoModel.from_pretrained(source)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
         return cls(model, tokenizer, output_dim, **kwargs)
