@@ -138,6 +138,12 @@ def test_pretrained_file_after_at_loads_its_weights(tmp_path):
     )
 
 
+@pytest.mark.parametrize("missing", ["/no/such/clip.pt", "./no-such-clip.pt", "~/no-such.pt"])
+def test_a_missing_checkpoint_after_at_names_the_argument(missing):
+    with pytest.raises(ValueError, match=r"^name: expected MODEL@PRETRAINED .*does not exist"):
+        OpenCLIPTextEncoder.from_name(f"{NAME}@{missing}", 8)
+
+
 def test_unknown_model_name_is_a_value_error():
     with pytest.raises(ValueError, match=r"^name: expected an open_clip model name .*'no-such-clip'"):
         OpenCLIPTextEncoder.from_name("no-such-clip", 8)

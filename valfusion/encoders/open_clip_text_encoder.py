@@ -94,13 +94,23 @@ def _text_tower(clip: nn.Module) -> nn.Module:
 
 
 def _split_pretrained(name: str) -> tuple[str, str | None]:
-    """``"ViT-B-32@laion2b_s34b_b79k"`` -> ``("ViT-B-32", "laion2b_s34b_b79k")``."""
+    """``"ViT-B-32@laion2b_s34b_b79k"`` -> ``("ViT-B-32", "laion2b_s34b_b79k")``.
+
+    A ``PRETRAINED`` that is a path (starting with ``/``, ``.`` or ``~``) must be an
+    existing file: it is never taken for a tag."""
     model, sep, pretrained = name.partition("@")
     if not model or (sep and not pretrained):
         raise ValueError(
             f"name: expected MODEL or MODEL@PRETRAINED (an open_clip model name and a "
             f"pretrained tag or file), got {name!r}"
         )
+    if pretrained.startswith(("/", ".", "~")):
+        pretrained = os.path.expanduser(pretrained)
+        if not Path(pretrained).is_file():
+            raise ValueError(
+                f"name: expected MODEL@PRETRAINED with PRETRAINED an open_clip tag or an "
+                f"existing checkpoint file, got {name!r}, whose file does not exist"
+            )
     return model, pretrained or None
 
 
@@ -197,10 +207,11 @@ class OpenCLIPTextEncoder(TextEncoder):
 
         Raises:
             ImportError: If ``open_clip`` is not installed.
-            ValueError: If ``name`` is malformed or not an open_clip model.
+            ValueError: If ``name`` is malformed, not an open_clip model, or names a
+                checkpoint path that is not a file.
         """
-        open_clip = _import_open_clip()
         model_name, pretrained = _split_pretrained(name)
+        open_clip = _import_open_clip()
         if model_name not in open_clip.list_models():
             raise ValueError(
                 f"name: expected an open_clip model name (open_clip.list_models(), or one "
