@@ -14,8 +14,9 @@ class CompositeAttention:
     """Attention maps of one composite transformer call (for visualisation and analysis).
 
     Attributes:
-        channel_gate: ``sigmoid(a_ch)``, shape ``(B, C, 1, 1)``.
-        spatial_gate: ``sigmoid(a_sp)``, shape ``(B, 1, H, W)``.
+        channel_gate: ``gate(a_ch)`` (``gate`` the preservation's ``gate_layer``,
+            sigmoid by default), shape ``(B, C, 1, 1)``.
+        spatial_gate: ``gate(a_sp)``, shape ``(B, 1, H, W)``.
         joint_attention: ``channel_gate * spatial_gate``, shape ``(B, C, H, W)``; the
             preserved features are ``joint_attention * reference``.
         self_attention: softmax attention weights of the self-attentional transformation,
