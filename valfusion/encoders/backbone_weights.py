@@ -11,6 +11,7 @@ Every pyramid built from a torchvision or timm name takes ``weights=`` with one 
   ``.bin`` read with ``torch.load(weights_only=True)``, or ``.safetensors``), keys named
   as in that model. The classifier head may be present or absent; any other missing,
   unexpected or misshapen key is an error naming the file.
+- a state dict (``{name: tensor}``) already in memory: the same, checked the same way.
 
 :func:`resolve_backbone_weights` validates the string form of that choice (a config
 field, a command-line flag) and :func:`load_backbone_state_dict` reads a file.
