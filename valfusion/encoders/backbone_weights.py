@@ -5,7 +5,7 @@ Every pyramid built from a torchvision or timm name takes ``weights=`` with one 
 - ``None`` (the default): random initialisation; nothing is read or downloaded.
 - ``"imagenet"``: the weights that torchvision or timm publish for that architecture,
   through their own API, cache and download (``torchvision.models.get_model_weights``,
-  ``timm.create_model(pretrained=True)``). The only way the library downloads anything,
+  ``timm.create_model(pretrained=True)``). The only way a backbone downloads anything,
   and only because the user asked.
 - a path: a local state dict of the plain torchvision/timm model (``.pt``/``.pth``/
   ``.bin`` read with ``torch.load(weights_only=True)``, or ``.safetensors``), keys named
