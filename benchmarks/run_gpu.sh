@@ -21,8 +21,12 @@
 # CPU (what tests/test_bench_suite.py runs). Exit status 1 if any part failed.
 set -u
 root=$(cd "$(dirname "$0")/.." && pwd)
-out=${1:-$root/benchmarks/results/cuda}
-shift $(( $# > 0 ? 1 : 0 ))
+# OUT_DIR, if given, comes first; an argument starting with "-" is already an option.
+out=$root/benchmarks/results/cuda
+if [ $# -gt 0 ] && [ "${1#-}" = "$1" ]; then
+  out=$1
+  shift
+fi
 export PYTHONUNBUFFERED=1 PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
 if command -v nvidia-smi > /dev/null; then

@@ -52,6 +52,20 @@ def test_run_gpu_script_dry_run_on_the_cpu_writes_every_part(tmp_path) -> None:
     assert ran == DRY_RUN and ran[0] == "levels-bf16"
 
 
+def test_run_gpu_script_takes_options_without_an_out_dir(tmp_path) -> None:
+    # `run_gpu.sh --device cpu --only ...` must not take "--device" for OUT_DIR. A part
+    # name that does not exist stops the run before anything is measured or written.
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "run_gpu.sh"), "--device", "cpu", "--only",
+         "no-such-part"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "--only: expected parts of the gpu suite" in done.stderr
+    assert "no-such-part" in done.stderr
+
+
 def test_gpu_suite_puts_the_headline_figures_first_and_fits_about_eight_minutes() -> None:
     names = [p.name for p in GPU_SUITE]
     assert names[:2] == ["levels-bf16", "levels-fp32-tf32"]
