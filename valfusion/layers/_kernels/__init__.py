@@ -78,7 +78,21 @@ DEVICE_PLANS: dict[tuple[str, torch.dtype | None], Plan] = {
 }
 """``"auto"``'s choice per device type and compute dtype (the autocast dtype under
 autocast, else the input's): the plan of the fused kernels; ``(device, None)`` covers the
-dtypes without an entry of their own, and a device without any entry runs the reference."""
+dtypes without an entry of their own, and a device without any entry runs the reference.
+
+========  ==========  ====================================================  ==============
+device    dtype       an NCHW map                                           evidence
+========  ==========  ====================================================  ==============
+cpu       bfloat16    per-sample GEMMs in place from 1024 positions, else   one-off run
+                      one transpose each way
+cpu       other       per-sample GEMMs in place from 256 positions, else    ``results/``
+                      one transpose each way
+cuda      any         one transpose each way, single large GEMMs            not measured
+other     any         the reference (``"fused"``: as on cuda)               -
+========  ==========  ====================================================  ==============
+
+A ``channels_last`` map and the map view of tokens are token-major already: no transpose.
+"""
 
 
 def device_plan(device_type: str, dtype: torch.dtype) -> Plan | None:
