@@ -208,9 +208,10 @@ class CompositeTransformer(nn.Module):
             image_features: reference features ``F_r``, shape ``(B, C, H, W)``, or tokens
                 ``(B, N, C)`` with ``N = num_prefix_tokens + H * W``.
             text_features: text feature ``t``, shape ``(B, D)``.
-            return_attention: also return the attention maps; this runs the reference
-                with the explicit attention formula to get the ``(B, num_heads, H W, H W)``
-                weights.
+            return_attention: also return the attention maps; this runs the composition
+                of the three parts (the two that return maps as their references, attention
+                by the explicit formula to get the ``(B, num_heads, H W, H W)`` weights;
+                ``F_c`` as the backend chooses).
             grid_size: ``(H, W)`` (or ``H`` for a square grid) of the patch tokens;
                 required for tokens, not allowed for a map.
             num_prefix_tokens: tokens before the patches, passed through unchanged.
