@@ -26,8 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--suite", choices=sorted(SUITES), default=None,
                         help="run a prepared suite of benchmarks, each part in its own process "
                              "and written when it finishes (gpu: bf16 and fp32 + TF32 on "
-                             "--device cuda, about 8 minutes on an H100); --only then names "
-                             "the suite's parts to run")
+                             "--device cuda, estimated at about 8 minutes on an H100); --only "
+                             "then names the suite's parts to run")
     return parser
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU run, one command from a source checkout (about 8 minutes on an H100/H200):
+# The GPU run, one command from a source checkout (estimated at about 8 minutes on an H100/H200):
 #   bash benchmarks/run_gpu.sh [OUT_DIR] [OPTIONS]     (default OUT_DIR benchmarks/results/cuda)
 # From an installed package the same run is `valfusion bench --suite gpu --out-dir OUT_DIR`.
 # It runs the parts of `benchmarks/suite.py` (GPU_SUITE) in order, most important first, each
