@@ -156,7 +156,7 @@ def test_run_folder_holds_what_rebuilds_its_text_encoder(trained):
         assert (run_dir / "vocabulary.json").is_file() and not (run_dir / "text_encoder").exists()
 
 
-def test_hf_run_loads_without_the_original_model_folder(folder, sources, tmp_path, capsys):
+def test_hf_run_loads_without_the_original_model_folder(folder, tmp_path, capsys):
     bert = write_tiny_bert(tmp_path / "bert")
     run_dir = tmp_path / "run"
     options = [*BASE, *SMALL, "--text-encoder", f"hf:{bert}"]

@@ -156,3 +156,8 @@ def test_transformer_model_without_its_text_encoder_folder_is_refused(bert, tmp_
     (tmp_path / "text_encoder").rmdir()
     with pytest.raises(FileNotFoundError, match=r"has no text_encoder/ folder"):
         VAL.from_pretrained(tmp_path)
+
+
+def test_a_passed_text_encoder_is_refused_for_the_lstm(bert):
+    with pytest.raises(ValueError, match=r"^text_encoder: the 'lstm' text encoder is built from the config"):
+        VAL(VALConfig(vocab_size=3, **SMALL, **LSTM), text_encoder=build_text_encoder(f"hf:{bert}", 8))

@@ -190,6 +190,11 @@ class VAL(nn.Module):
         if not isinstance(config, VALConfig):
             raise ValueError(f"config: expected a VALConfig, got {type(config).__name__}")
         lstm = config.text_encoder == "lstm"
+        if lstm and text_encoder is not None:
+            raise ValueError(
+                "text_encoder: the 'lstm' text encoder is built from the config's fields; "
+                "pass a transformer encoder with config.text_encoder naming its kind"
+            )
         if vocabulary is not None and not lstm:
             raise ValueError(
                 f"vocabulary: only the 'lstm' text encoder reads a Vocabulary; "
@@ -236,11 +241,6 @@ class VAL(nn.Module):
                 else text_encoder,
             )
         )
-        if lstm and text_encoder is not None:
-            raise ValueError(
-                "text_encoder: the 'lstm' text encoder is built from the config's fields; "
-                "pass a transformer encoder with config.text_encoder naming its kind"
-            )
         # Batch norm in the text encoder needs two texts per batch in training mode.
         self._text_batch_norm = any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.text_encoder.modules()
