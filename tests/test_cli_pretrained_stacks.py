@@ -241,7 +241,8 @@ def test_missing_backbone_weights_file_is_one_line_before_the_data_is_read(tmp_p
               "--backbone", "resnet18", "--backbone-weights", str(tmp_path / "missing.pt")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1
-    assert "--backbone-weights" in err and "missing.pt" in err and "no_such_data" not in err
+    assert "argument --backbone-weights" in err and "missing.pt', which is not a file" in err
+    assert "no_such_data" not in err
 
 
 class _Payload:
