@@ -276,3 +276,13 @@ def test_backbone_weights_for_the_small_backbone_is_refused(folder, sources, tmp
         capsys,
     )
     assert code == 2 and err.count("\n") == 1 and "backbone_weights" in err and "'small'" in err
+
+
+def test_resolved_config_trains_the_same_model_again(trained, tmp_path, capsys):
+    _, run_dir = trained
+    again = tmp_path / "again"
+    code, _, err = run(["train", "--config", str(run_dir / "resolved_config.json"), "--out", str(again)], capsys)
+    assert code == 0, err
+    expected, got = load_file(run_dir / "model.safetensors"), load_file(again / "model.safetensors")
+    # The same settings, data and thread count replay the same float ops.
+    assert [n for n in expected if not torch.equal(expected[n], got[n])] == []
