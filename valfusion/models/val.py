@@ -781,6 +781,10 @@ class VAL(nn.Module):
         ``safetensors`` package), else ``model.pt`` (folders written before, or without
         ``safetensors``), read with ``torch.load(weights_only=True)``; opening either never
         runs code. They are checked against the configuration before they are loaded strictly.
+        The backbone is built with random weights (``config.backbone_weights`` is not read:
+        the saved weights replace them), and a transformer text encoder is rebuilt from
+        ``text_encoder/`` (its configuration and tokenizer files), so nothing is downloaded
+        and the folder it was first loaded from is not needed.
         As with Hugging Face models, the result is in eval mode; call ``.train()`` to
         fine-tune.
 
@@ -800,11 +804,13 @@ class VAL(nn.Module):
             The model, in eval mode, with the saved vocabulary (if one was saved).
 
         Raises:
-            FileNotFoundError: If the directory lacks ``config.json`` or both
-                ``model.safetensors`` and ``model.pt``; for a repo id, if the Hub (or,
+            FileNotFoundError: If the directory lacks ``config.json``, both
+                ``model.safetensors`` and ``model.pt``, or the ``text_encoder/`` folder of a
+                transformer text encoder; for a repo id, if the Hub (or,
                 offline, its cache) has no such model.
             ImportError: If ``directory`` is a repo id and ``huggingface_hub`` is not
-                installed (``pip install 'valfusion[hub]'``).
+                installed (``pip install 'valfusion[hub]'``), or the text encoder's library
+                (``transformers``, ``open_clip``) or the backbone's (timm) is missing.
             ValueError: Naming the file, if ``config.json`` is not a valid configuration,
                 or the weights file is empty, truncated or corrupted, is refused as unsafe (a
                 pickle that would run code: nothing in it is executed), or does not fit
