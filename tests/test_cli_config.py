@@ -191,13 +191,22 @@ def test_train_without_a_data_source_is_one_line(capsys, tmp_path):
 # ---------------------------------------------------------------------------- choices and defaults
 
 
-_FIELD_OF_FLAG = {"channels": "backbone_channels"}  # the one flag not named after its field
+# The flags not named after their fields.
+_FIELD_OF_FLAG = {"channels": "backbone_channels", "text_encoder_options": "text_encoder_kwargs"}
+
+
+def _default(field: dataclasses.Field) -> object:
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
 
 
 def _field_defaults() -> dict[str, object]:
-    defaults = {f.name: f.default for f in dataclasses.fields(VALConfig)}
-    defaults.update({f.name: f.default for f in dataclasses.fields(TrainConfig)})
+    defaults = {f.name: _default(f) for f in dataclasses.fields(VALConfig)}
+    defaults.update({f.name: _default(f) for f in dataclasses.fields(TrainConfig)})
     return defaults
+
+
+# What the help calls an unset default where "off" would not say it.
+_UNSET_SHOWN = {"backbone_weights": "random", "text_encoder_options": "none"}
 
 
 def test_every_train_setting_documents_its_dataclass_default():
@@ -213,14 +222,14 @@ def test_every_train_setting_documents_its_dataclass_default():
             shown = re.search(r"\(default: ([^)]*)\)$", " ".join(action.help.split()))
             assert shown, f"--{action.dest}: its help states no default"
             text, default = shown[1], defaults[field]
-            if default is None:
-                assert text == "off", action.dest
+            if default is None or default == {}:
+                assert text == _UNSET_SHOWN.get(action.dest, "off"), action.dest
             elif action.type is None:
                 assert text == default, action.dest
             else:
                 assert action.type(text) == default, action.dest
             checked.append(action.dest)
-    assert len(checked) == 24
+    assert len(checked) == 27
 
 
 def test_train_choices_are_the_registries():
@@ -228,8 +237,21 @@ def test_train_choices_are_the_registries():
     assert tuple(choices["composer"]) == COMPOSERS
     assert tuple(choices["amp"]) == AMP_MODES
     assert tuple(choices["loss"]) == FORMS
-    # Every backbone VAL can build from its configuration: all but a module passed in Python.
-    assert tuple(choices["backbone"]) == tuple(b for b in BACKBONES if b != "custom")
+    assert "backbone" not in choices  # it also takes timm:NAME and timm_vit:NAME
+
+
+@pytest.mark.parametrize("backbone", [*(b for b in BACKBONES if b != "custom"), "timm:resnet18", "timm_vit:vit_tiny_patch16_224"])
+def test_backbone_takes_every_name_val_builds_from_its_configuration(backbone):
+    args = build_parser().parse_args(["train", "--data", "synthetic", "--out", "run", "--backbone", backbone])
+    assert args.backbone == backbone
+
+
+@pytest.mark.parametrize("backbone", ["custom", "resnet", "timm:", "timm_vit: "])
+def test_backbone_refuses_other_names_in_one_line(backbone, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["train", "--data", "synthetic", "--out", "run", "--backbone", backbone])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "--backbone" in err and repr(backbone) in err
 
 
 # ---------------------------------------------------------------------------- number options

@@ -166,6 +166,69 @@ class _Channels:
         return tuple(value)
 
 
+class _Checked:
+    """A string checked (and normalised) by one of the library's validators, whose
+    ``ValueError`` becomes the option's message without the argument's name."""
+
+    def __init__(self, check: Callable[[str], str]) -> None:
+        self._check = check
+
+    def __call__(self, text: str) -> str:
+        try:
+            return self._check(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error).partition(": ")[2] or str(error)) from None
+
+    def from_file(self, value: object) -> str:
+        if not isinstance(value, str):
+            raise argparse.ArgumentTypeError(f"expected a string, got {value!r}")
+        return self(value)
+
+
+def _backbone(text: str) -> str:
+    from valfusion.models.config import _check_backbone_name
+
+    if text == "custom":  # a module passed in Python
+        raise ValueError(f"backbone: 'custom' is a module passed in Python, got {text!r}")
+    _check_backbone_name(text)
+    return text
+
+
+def _backbone_weights(text: str) -> str:
+    """``imagenet``, or an existing file as an absolute path (the run can be repeated from
+    anywhere with its resolved_config.json)."""
+    from valfusion.encoders import resolve_backbone_weights
+
+    resolved = resolve_backbone_weights(text)
+    return str(resolved) if not isinstance(resolved, Path) else str(resolved.resolve())
+
+
+def _text_encoder(text: str) -> str:
+    """A text-encoder spec; an ``hf:`` folder that exists becomes an absolute path."""
+    from valfusion.encoders import parse_text_encoder_spec
+
+    spec = parse_text_encoder_spec(text)
+    if spec.kind == "hf" and spec.name is not None and Path(spec.name).is_dir():
+        return f"hf:{Path(spec.name).resolve()}"
+    return text
+
+
+class _JsonTable:
+    """Options as a JSON object: ``'{"pooling": "mean"}'`` on the command line, a table in a file."""
+
+    def __call__(self, text: str) -> dict[str, Any]:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"pooling\": \"mean\"}}', got {text!r}") from None
+        return self.from_file(value)
+
+    def from_file(self, value: object) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise argparse.ArgumentTypeError(f"expected a table of options like {{pooling = \"mean\"}}, got {value!r}")
+        return value
+
+
 class _LoaderOption:
     """``-o KEY=VALUE`` (VALUE read as JSON when it parses); in a file, a table of them."""
 
@@ -372,6 +435,7 @@ class _Setting:
     choices: tuple[str, ...] | None = None
     field: str | None = None  # when not the flag's name
     unset: str = "off"  # what the help calls a default of None
+    metavar: str | None = None
 
     @property
     def dest(self) -> str:
@@ -413,11 +477,33 @@ def _train_settings() -> dict[str, tuple[_Setting, ...]]:
         "model": (
             _Setting("composer", "composition layer", choices=COMPOSERS),
             _Setting(
-                "backbone", "image feature pyramid; ResNets need the 'vision' extra and start untrained",
-                choices=tuple(b for b in BACKBONES if b != "custom"),  # "custom" is a module passed in Python
+                "backbone",
+                f"image feature pyramid: {', '.join(b for b in BACKBONES if b != 'custom')} (ResNets: the 'vision' "
+                "extra), timm:NAME (a timm CNN's last three levels) or timm_vit:NAME (a timm ViT's patch tokens at "
+                "three depths, built for --image-size; both the 'timm' extra)",
+                _Checked(_backbone), metavar="NAME",
+            ),
+            _Setting(
+                "backbone-weights",
+                "initial backbone weights: imagenet (torchvision's or timm's, downloaded into their cache) or the "
+                "PATH of a local state dict (.pt, .pth or .safetensors, read without running code)",
+                _Checked(_backbone_weights), unset="random", metavar="imagenet|PATH",
             ),
             _Setting("channels", "level channels of the small backbone, e.g. 32,64,128", _Channels(), field="backbone_channels"),
-            _Setting("word-dim", "word embedding size", _POSITIVE_INT),
+            _Setting(
+                "text-encoder",
+                "lstm (over the training texts' words), hf:NAME_OR_PATH (a Hugging Face transformers model; the 'hf' "
+                "extra) or open_clip:MODEL[@PRETRAINED] (open_clip's text tower, random weights without PRETRAINED; "
+                "the 'open_clip' extra); a hub name or a pretrained tag downloads into that library's cache",
+                _Checked(_text_encoder), metavar="SPEC",
+            ),
+            _Setting(
+                "text-encoder-options",
+                "options of a transformer text encoder as JSON: pooling (hf: cls or mean), freeze (true keeps its "
+                "weights fixed), max_length (hf), norm (batch or null)",
+                _JsonTable(), field="text_encoder_kwargs", unset="none", metavar="JSON",
+            ),
+            _Setting("word-dim", "word embedding size (lstm)", _POSITIVE_INT),
             _Setting("text-hidden-dim", "LSTM hidden size", _POSITIVE_INT),
             _Setting("text-dim", "text feature size fed to the composers", _POSITIVE_INT),
             _Setting("loss", "matching loss: batch softmax (paper) or triplet (release)", choices=FORMS),
@@ -450,12 +536,13 @@ def _field_default(setting: _Setting) -> Any:
     from valfusion.models import VALConfig
 
     owner = TrainConfig if _is_training_field(setting.target) else VALConfig
-    return next(f.default for f in dataclasses.fields(owner) if f.name == setting.target)
+    field = next(f for f in dataclasses.fields(owner) if f.name == setting.target)
+    return field.default_factory() if field.default_factory is not dataclasses.MISSING else field.default
 
 
 def _setting_help(setting: _Setting) -> str:
     default = _field_default(setting)
-    if default is None:
+    if default is None or default == {}:
         shown = setting.unset
     elif isinstance(default, tuple):
         shown = ",".join(str(v) for v in default)  # as the flag takes it
@@ -755,10 +842,10 @@ def _load_model(run_dir: str, device: str | None) -> Any:
         )
     try:
         model = VAL.from_pretrained(path)
-    except ValueError as error:
+    except (ValueError, FileNotFoundError) as error:
         # A corrupt, unsafe or mismatched file: the library's message names it.
         raise UsageError(f"RUN_DIR: {_one_line(error).removeprefix('directory: ')}") from error
-    if model.vocabulary is None:
+    if model.config.text_encoder == "lstm" and model.vocabulary is None:
         raise UsageError(f"RUN_DIR: {path} has no vocabulary.json")
     return model.to(resolve_device(device or "auto")).eval()
 
@@ -969,7 +1056,8 @@ def _demo_options(demo: argparse.ArgumentParser) -> None:
 def _add_settings(group: Any, settings: Sequence[_Setting]) -> Any:
     for setting in settings:
         group.add_argument(
-            f"--{setting.flag}", type=setting.type, choices=setting.choices, default=None, help=_setting_help(setting)
+            f"--{setting.flag}", type=setting.type, choices=setting.choices, default=None, metavar=setting.metavar,
+            help=_setting_help(setting),
         )
     return group
 
@@ -1076,7 +1164,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "train", help="train a model on a data source", formatter_class=_Formatter, add_arguments=_train_options,
         description="Train one composer on SOURCE and write RUN_DIR: the model (config.json, model.safetensors, "
-        f"vocabulary.json), train_config.json, {RESOLVED_CONFIG_FILE}, checkpoints/, history.json and "
+        f"vocabulary.json for the LSTM or text_encoder/ for a transformer), train_config.json, {RESOLVED_CONFIG_FILE}, checkpoints/, history.json and "
         "metrics.json. Runs the same under `torchrun --nproc_per_node=N -m valfusion train ...` "
         "(DistributedDataParallel).\n\n"
         "SOURCE: synthetic | DIR (generic folder) | folder:DIR | fashioniq:DIR[:dress|shirt|toptee|all] "

@@ -196,8 +196,7 @@ def _picture_queries(benchmark: SyntheticBenchmark, count: int = 4) -> list[int]
 @torch.no_grad()
 def _attention(model: VAL, split: DataSplit, index: int) -> list[torch.Tensor] | None:
     triplet = split.triplets[index]
-    assert model.vocabulary is not None
-    tokens, lengths = model.vocabulary.encode([triplet.text])
+    tokens, lengths = model.tokenize([triplet.text])
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -44,6 +44,16 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def check_can_tokenize(model: VAL, what: str) -> None:
+    """Raw text needs a tokenizer: a transformer encoder's own, or the LSTM's vocabulary.
+
+    Raises:
+        ValueError: Naming ``model``, if it is an LSTM model without a vocabulary.
+    """
+    if model.config.text_encoder == "lstm" and model.vocabulary is None:
+        raise ValueError(f"model: needs a vocabulary to encode {what}")
+
+
 def _model_device(model: VAL) -> torch.device:
     return next(model.parameters()).device
 
@@ -51,12 +61,10 @@ def _model_device(model: VAL) -> torch.device:
 @torch.no_grad()
 def _embed_queries(model: VAL, dataset: Any, batch_size: int, num_workers: int) -> Tensor:
     device = _model_device(model)
-    vocabulary = model.vocabulary
-    assert vocabulary is not None
     chunks = [torch.empty(0, model.embedding_dim, device=device)]
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_queries)
     for batch in loader:
-        tokens, lengths = vocabulary.encode(batch.text)
+        tokens, lengths = model.tokenize(batch.text)
         chunks.append(model.compose(batch.reference.to(device), tokens.to(device), lengths.to(device)))
     return torch.cat(chunks)
 
@@ -102,7 +110,8 @@ def embed_split(
     """Embed every query and every gallery image of a split (eval mode, no gradients).
 
     Args:
-        model: A :class:`~valfusion.models.VAL` with a vocabulary.
+        model: A :class:`~valfusion.models.VAL` that can tokenize text (an LSTM model
+            needs its vocabulary).
         split: The evaluation split.
         batch_size: Images per forward pass.
         num_workers: ``DataLoader`` workers.
@@ -112,10 +121,9 @@ def embed_split(
         and gallery orders, on the model's device.
 
     Raises:
-        ValueError: If the model has no vocabulary.
+        ValueError: If the model is an LSTM model without a vocabulary.
     """
-    if model.vocabulary is None:
-        raise ValueError("model: needs a vocabulary to encode the queries' texts")
+    check_can_tokenize(model, "the queries' texts")
     was_training = model.training
     model.eval()
     try:
@@ -232,7 +240,7 @@ def evaluate(
     recalls are their mean, the way FashionIQ results are reported.
 
     Args:
-        model: A :class:`~valfusion.models.VAL` with a vocabulary; evaluated in eval
+        model: A :class:`~valfusion.models.VAL` that can tokenize text; evaluated in eval
             mode, its training mode is restored afterwards.
         data: A :class:`~valfusion.data.split.RetrievalData` (all its evaluation splits)
             or a single :class:`~valfusion.data.split.DataSplit`.
@@ -255,8 +263,7 @@ def evaluate(
         ValueError: If there is no evaluation split, the model has no vocabulary, or a
             CIRR split has no targets (``test1``: see :func:`write_cirr_submission`).
     """
-    if model.vocabulary is None:
-        raise ValueError("model: needs a vocabulary to encode the queries' texts")
+    check_can_tokenize(model, "the queries' texts")
     if isinstance(data, RetrievalData):
         splits = dict(data.evaluation)
         protocol = data.protocol

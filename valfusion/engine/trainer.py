@@ -3,7 +3,7 @@
 A run directory (``RUN_DIR``) holds, once training ends, everything needed to use and
 reproduce the run::
 
-    RUN_DIR/config.json, model.safetensors, vocabulary.json
+    RUN_DIR/config.json, model.safetensors, vocabulary.json (LSTM) or text_encoder/
                                                      the model (VAL.save_pretrained; model.pt
                                                      without the safetensors package)
     RUN_DIR/train_config.json                        the TrainConfig
@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 
 from valfusion.data.datasets import TripletBatch, TripletDataset, collate_triplets
 from valfusion.data.split import RetrievalData
-from valfusion.encoders import Vocabulary
+from valfusion.encoders import Vocabulary, build_text_encoder
 from valfusion.engine.checkpoint import (
     capture_rng_state,
     checkpoint_path,
@@ -55,7 +55,7 @@ from valfusion.engine.checkpoint import (
 )
 from valfusion.engine.config import TrainConfig
 from valfusion.engine.distributed import init_distributed
-from valfusion.engine.evaluation import evaluate
+from valfusion.engine.evaluation import check_can_tokenize, evaluate
 from valfusion.engine.identity import RunIdentity
 from valfusion.engine.io import atomic_write_json, remove_stale_temporaries
 from valfusion.engine.loggers import MetricsLogger, check_logger, open_logger
@@ -64,6 +64,7 @@ from valfusion.engine.sampler import ResumableSampler
 from valfusion.engine.schedule import warmup_cosine_scheduler
 from valfusion.engine.stopping import StopSignals, TrainingStopped
 from valfusion.models import VAL
+from valfusion.models.backbones import build_backbone, initial_weights
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -97,7 +98,8 @@ logger = logging.getLogger(__name__)
 
 
 def build_vocabulary(data: RetrievalData, config: TrainConfig) -> Vocabulary:
-    """The vocabulary of the training texts (and of the side information when it is used).
+    """The vocabulary of the training texts (and of the side information when it is used),
+    for the ``"lstm"`` text encoder.
 
     Args:
         data: Data with a training split.
@@ -118,20 +120,51 @@ def build_vocabulary(data: RetrievalData, config: TrainConfig) -> Vocabulary:
     return Vocabulary.from_texts(texts)
 
 
-def build_model(data: RetrievalData, config: TrainConfig, vocabulary: Vocabulary | None = None) -> VAL:
+def build_model(
+    data: RetrievalData,
+    config: TrainConfig,
+    vocabulary: Vocabulary | None = None,
+    *,
+    backbone_weights: bool = True,
+) -> VAL:
     """A freshly initialised :class:`~valfusion.models.VAL` for ``data`` (seeded by ``config.seed``).
 
+    The ``"lstm"`` text encoder reads a vocabulary of the training texts; a transformer
+    text encoder is built from its spec (``model["text_encoder"]``), tokenizer included,
+    and ``vocab_size`` is its own.
+
     Args:
-        data: Data with a training split (its texts make the vocabulary).
+        data: Data with a training split (its texts make the LSTM's vocabulary).
         config: The run's configuration (``config.model`` holds the VALConfig options).
-        vocabulary: Use this vocabulary instead of building one.
+        vocabulary: Use this vocabulary instead of building one (LSTM only).
+        backbone_weights: Load ``model["backbone_weights"]`` into the backbone; ``False``
+            when a checkpoint's weights replace them (resuming).
 
     Returns:
         The model, on the CPU.
+
+    Raises:
+        ValueError: If ``model["backbone_weights"]`` is not ``"imagenet"`` or an
+            existing file (checked before anything is built).
     """
-    vocabulary = vocabulary if vocabulary is not None else build_vocabulary(data, config)
+    model_config = config.model_config(1)
+    backbone = None
+    if model_config.backbone_weights is not None:
+        # Built here, so that a resumed run does not read (or download) weights it replaces.
+        weights = initial_weights(model_config) if backbone_weights else None
+        torch.manual_seed(config.seed)
+        backbone = build_backbone(model_config, weights)
+    if model_config.text_encoder == "lstm":
+        vocabulary = vocabulary if vocabulary is not None else build_vocabulary(data, config)
+        torch.manual_seed(config.seed)
+        return VAL(config.model_config(len(vocabulary)), vocabulary=vocabulary, backbone=backbone)
     torch.manual_seed(config.seed)
-    return VAL(config.model_config(len(vocabulary)), vocabulary=vocabulary)
+    text_encoder = build_text_encoder(
+        model_config.text_encoder, model_config.text_dim, **model_config.text_encoder_kwargs
+    )
+    return VAL(
+        config.model_config(text_encoder.vocab_size), backbone=backbone, text_encoder=text_encoder
+    )
 
 
 @dataclass
@@ -260,8 +293,7 @@ class Trainer:
     ) -> None:
         if data.train is None:
             raise ValueError(f"data: {data.name} has no training split")
-        if model.vocabulary is None:
-            raise ValueError("model: needs a vocabulary to encode the texts")
+        check_can_tokenize(model, "the texts")
         self.data = data
         self.config = config
         self.run_dir = Path(run_dir) if run_dir is not None else None
@@ -270,7 +302,6 @@ class Trainer:
             raise ValueError("amp: 'fp16' needs a CUDA device; use 'bf16' on the CPU")
         check_logger(config.logger)
         self.model = model.to(self.device)
-        self.vocabulary = model.vocabulary
         self._loss_forward: nn.Module = _LossForward(model)
         if self.context.enabled:
             # Parameters a step may leave without gradient: the text encoder of the
@@ -311,7 +342,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything to resume (a collective under a process group: RNG states are gathered)."""
         epoch, offset = divmod(self.step, self.batches_per_epoch)
-        return {
+        state: dict[str, Any] = {
             "step": self.step,
             "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
@@ -328,9 +359,11 @@ class Trainer:
             "config": self.config.to_dict(),
             "identity": self.identity.to_dict(),
             "model_config": self.model.config.to_dict(),
-            "vocabulary": list(self.vocabulary.tokens[2:]),
             "history": self.history,
         }
+        if self.model.vocabulary is not None:
+            state["vocabulary"] = list(self.model.vocabulary.tokens[2:])
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore a :meth:`state_dict` (this process's RNG states included).
@@ -438,7 +471,7 @@ class Trainer:
             dist.all_reduce(available, op=dist.ReduceOp.MIN)
         if not bool(available):
             return None, None
-        tokens, lengths = self.vocabulary.encode([s or "" for s in batch.side_info])
+        tokens, lengths = self.model.tokenize([s or "" for s in batch.side_info])
         return tokens.to(self.device), lengths.to(self.device)
 
     def _batches(self) -> Generator[TripletBatch, None, None]:
@@ -461,7 +494,7 @@ class Trainer:
         device = self.device
         reference = batch.reference.to(device, non_blocking=True)
         target = batch.target.to(device, non_blocking=True)
-        tokens, lengths = self.vocabulary.encode(batch.text)
+        tokens, lengths = self.model.tokenize(batch.text)
         side_tokens, side_lengths = self._side_tokens(batch)
         amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.amp)
         # The forward pass draws dropout and updates BatchNorm statistics: remember both, so
@@ -785,7 +818,13 @@ def build_trainer(
         if found is None:
             raise FileNotFoundError(f"resume: no checkpoint in {run_dir}/{CHECKPOINT_DIR}")
         state = found[1]
-        model = build_model(data, config, Vocabulary(state["vocabulary"]))
+        saved = state.get("vocabulary")
+        model = build_model(
+            data,
+            config,
+            None if saved is None else Vocabulary(saved),
+            backbone_weights=False,  # the checkpoint's weights replace them
+        )
     else:
         model = build_model(data, config)
     trainer = Trainer(model, data, config, run_dir, progress=progress, identity=identity)

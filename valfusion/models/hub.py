@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeGuard
 
 from valfusion._tensor_files import _first_sentence
-from valfusion.models.config import CONFIG_FILE, VOCABULARY_FILE, WEIGHTS_FILES
+from valfusion.models.config import CONFIG_FILE, TEXT_ENCODER_DIR, VOCABULARY_FILE, WEIGHTS_FILES
 
 __all__ = ["HUB_EXTRA", "is_repo_id", "load_from_hub", "push_model_to_hub"]
 
@@ -111,7 +111,7 @@ def _hub_model() -> type[Any]:
                 force_download=force_download,
                 local_files_only=local_files_only,
                 token=token,
-                allow_patterns=list(SAVED_FILES),
+                allow_patterns=[*SAVED_FILES, f"{TEXT_ENCODER_DIR}/*"],
             )
             return cls(load(Path(folder)))
 

@@ -94,24 +94,28 @@ def query_image(image: object) -> Tensor:
     return image
 
 
-def query_text(text: object, vocabulary: Vocabulary | None) -> tuple[Tensor, Tensor]:
+def query_text(
+    text: object, tokenize: Callable[[list[str]], tuple[Tensor, Tensor]] | None
+) -> tuple[Tensor, Tensor]:
     """Token ids ``(1, T)`` and lengths ``(1,)`` of a query text, or the pair as given.
 
     Args:
-        text: A string (encoded with ``vocabulary``) or a pair ``(tokens, lengths)``.
-        vocabulary: The model's vocabulary, or ``None``.
+        text: A string (tokenized with ``tokenize``) or a pair ``(tokens, lengths)``.
+        tokenize: The model's tokenizer (:meth:`VAL.tokenize
+            <valfusion.models.VAL.tokenize>`), or ``None`` when it has none (an LSTM
+            without a vocabulary).
 
     Raises:
-        ValueError: Naming ``text``, if it is raw text without a vocabulary or neither a
+        ValueError: Naming ``text``, if it is raw text without a tokenizer or neither a
             string nor a pair (the pair's contents are checked by the model).
     """
     if isinstance(text, str):
-        if vocabulary is None:
+        if tokenize is None:
             raise ValueError(
                 "text: raw text needs the model's vocabulary (none was given); pass "
                 "(tokens, lengths) instead"
             )
-        return vocabulary.encode([text])
+        return tokenize([text])
     if isinstance(text, (tuple, list)) and len(text) == 2:
         tokens, lengths = text
         return tokens, lengths

@@ -3,7 +3,8 @@
 <valfusion.models.VAL.from_pretrained>` reads.
 
 ``DIR/config.json`` (:class:`~valfusion.models.VALConfig`), ``DIR/vocabulary.json`` (when
-the model has a vocabulary) and the weights: ``DIR/model.safetensors`` (with the optional
+the model has a vocabulary), ``DIR/text_encoder/`` (a transformer text encoder's
+configuration and tokenizer files) and the weights: ``DIR/model.safetensors`` (with the optional
 ``safetensors`` package) or ``DIR/model.pt`` (``torch.save``, read with
 ``weights_only=True``). Every file is written with the package's one atomic writer and read
 without running code; a file that does not fit is one ``ValueError`` naming it.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -22,17 +24,18 @@ from torch import Tensor
 from valfusion._io import atomic_write
 from valfusion._tensor_files import load_safetensors_file, load_tensor_file, safetensors_available
 from valfusion._validation import fmt_shape
-from valfusion.encoders import Vocabulary
+from valfusion.encoders import TextEncoder, Vocabulary
 from valfusion.models.config import (
     CONFIG_FILE,
     LEGACY_WEIGHTS_FILE,
+    TEXT_ENCODER_DIR,
     VOCABULARY_FILE,
     WEIGHTS_FILE,
     WEIGHTS_FILES,
     VALConfig,
 )
 
-__all__ = ["load_weights", "read_pretrained", "write_pretrained"]
+__all__ = ["load_weights", "read_pretrained", "text_encoder_architecture", "write_pretrained"]
 
 
 def write_pretrained(
@@ -40,18 +43,23 @@ def write_pretrained(
     config: VALConfig,
     vocabulary: Vocabulary | None,
     state: Mapping[str, Tensor],
+    *,
+    text_encoder: TextEncoder | None = None,
 ) -> Path:
     """Write a model's configuration, vocabulary and state dict to ``directory``.
 
     The weights go to ``model.safetensors`` when ``safetensors`` is installed, else to
     ``model.pt``; the other weights file and a stale ``vocabulary.json`` are removed, so
-    that the folder holds exactly this model.
+    that the folder holds exactly this model; so is a stale ``text_encoder/``.
 
     Args:
         directory: Created if missing.
         config: Written as ``config.json``.
         vocabulary: Written as ``vocabulary.json``, or ``None``.
         state: The model's ``state_dict()`` (any device).
+        text_encoder: A transformer text encoder whose architecture goes to
+            ``text_encoder/`` (:meth:`~valfusion.encoders.TextEncoder.save_architecture`),
+            or ``None``.
 
     Returns:
         The directory path.
@@ -64,6 +72,11 @@ def write_pretrained(
         vocabulary.save(path / VOCABULARY_FILE)
     else:
         (path / VOCABULARY_FILE).unlink(missing_ok=True)
+    # A fresh folder, so that no file of an earlier save's tokenizer is left beside these.
+    shutil.rmtree(path / TEXT_ENCODER_DIR, ignore_errors=True)
+    if text_encoder is not None:
+        (path / TEXT_ENCODER_DIR).mkdir()
+        text_encoder.save_architecture(path / TEXT_ENCODER_DIR)
     saved = _weights_to_save(state)
     if safetensors_available():
         import safetensors.torch
@@ -117,6 +130,30 @@ def read_pretrained(directory: str | os.PathLike[str]) -> tuple[VALConfig, Vocab
         Vocabulary.load(path / VOCABULARY_FILE) if (path / VOCABULARY_FILE).is_file() else None
     )
     return config, vocabulary, weights
+
+
+def text_encoder_architecture(
+    directory: str | os.PathLike[str], config: VALConfig
+) -> Path | None:
+    """The saved architecture folder of a transformer text encoder, ``None`` for the LSTM.
+
+    Args:
+        directory: A folder written by :func:`write_pretrained`.
+        config: Its configuration.
+
+    Raises:
+        FileNotFoundError: Naming the folder, if ``config.text_encoder`` is a transformer
+            and ``text_encoder/`` is missing.
+    """
+    if config.text_encoder == "lstm":
+        return None
+    folder = Path(directory) / TEXT_ENCODER_DIR
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"directory: {Path(directory)} has no {TEXT_ENCODER_DIR}/ folder, which a model "
+            f"with text_encoder={config.text_encoder!r} needs (written by VAL.save_pretrained)"
+        )
+    return folder
 
 
 def load_weights(

@@ -36,11 +36,21 @@ from valfusion._validation import (
     check_tokens,
     fmt_shape,
 )
-from valfusion.encoders import FeaturePyramid, LSTMTextEncoder, Vocabulary, check_images
+from valfusion.encoders import (
+    FeaturePyramid,
+    HFTextEncoder,
+    LSTMTextEncoder,
+    OpenCLIPTextEncoder,
+    TextEncoder,
+    Vocabulary,
+    build_text_encoder,
+    check_images,
+)
+from valfusion.encoders.text_encoder_spec import parse_text_encoder_spec
 from valfusion.layers import MultiLevelComposer
 from valfusion.losses import HierarchicalMatchingLoss, HierarchicalMatchingOutput
 from valfusion.metrics._checks import check_finite
-from valfusion.models.backbones import build_backbone, check_backbone
+from valfusion.models.backbones import build_backbone, check_backbone, initial_weights
 from valfusion.models.config import BACKBONES, VALConfig
 
 # The file names lived here before the split: re-exported for the CLI and user code.
@@ -61,7 +71,12 @@ from valfusion.models.search import (
     rank_gallery,
     warn_if_unknown,
 )
-from valfusion.models.serialization import load_weights, read_pretrained, write_pretrained
+from valfusion.models.serialization import (
+    load_weights,
+    read_pretrained,
+    text_encoder_architecture,
+    write_pretrained,
+)
 
 __all__ = ["BACKBONES", "VAL", "CompositionOutput", "SearchResult", "VALConfig"]
 
@@ -89,6 +104,30 @@ def _concat_levels(levels: Sequence[Tensor]) -> Tensor:
     return torch.cat(list(levels), dim=-1) / math.sqrt(len(levels))
 
 
+def _check_text_encoder(config: VALConfig, encoder: object) -> TextEncoder:
+    """A transformer text encoder must be the kind ``config.text_encoder`` names, ``text_dim``
+    wide and ``vocab_size`` ids long, so that :meth:`VAL.from_pretrained` rebuilds it."""
+    kind = parse_text_encoder_spec(config.text_encoder).kind
+    cls: type[TextEncoder] = HFTextEncoder if kind == "hf" else OpenCLIPTextEncoder
+    if not isinstance(encoder, cls):
+        raise ValueError(
+            f"text_encoder: config.text_encoder={config.text_encoder!r} means a "
+            f"{cls.__name__}, got {type(encoder).__name__}"
+        )
+    if encoder.output_dim != config.text_dim:
+        raise ValueError(
+            f"text_encoder: expected output_dim == config.text_dim ({config.text_dim}), got "
+            f"{encoder.output_dim}"
+        )
+    if encoder.vocab_size != config.vocab_size:
+        raise ValueError(
+            f"vocab_size: config.vocab_size is {config.vocab_size} but the text encoder "
+            f"{config.text_encoder!r} has {encoder.vocab_size} token ids; set "
+            f"vocab_size={encoder.vocab_size}"
+        )
+    return encoder
+
+
 class VAL(nn.Module):
     """Image search with text feedback: VAL (Chen, Gong, Bazzani, CVPR 2020) and baselines.
 
@@ -101,7 +140,9 @@ class VAL(nn.Module):
     same pyramid without composition.
 
     The parts are public: ``backbone`` (a :class:`~valfusion.encoders.FeaturePyramid`),
-    ``text_encoder`` (:class:`~valfusion.encoders.LSTMTextEncoder`), ``composer``
+    ``text_encoder`` (a :class:`~valfusion.encoders.TextEncoder`: the
+    :class:`~valfusion.encoders.LSTMTextEncoder` by default, or the transformer
+    ``config.text_encoder`` names), ``composer``
     (:meth:`MultiLevelComposer.build <valfusion.layers.MultiLevelComposer.build>`),
     ``loss`` (:class:`~valfusion.losses.HierarchicalMatchingLoss`) and, with
     ``semantic_dim``, the linear heads ``semantic_query`` ``E -> S`` and ``semantic_text``
@@ -109,16 +150,24 @@ class VAL(nn.Module):
 
     Args:
         config: The model configuration.
-        vocabulary: The :class:`~valfusion.encoders.Vocabulary` (kept with the model so
-            :meth:`search` accepts raw text and :meth:`save_pretrained` stores it).
+        vocabulary: The :class:`~valfusion.encoders.Vocabulary` of the ``"lstm"`` text
+            encoder (kept with the model so :meth:`tokenize` and :meth:`search` accept raw
+            text and :meth:`save_pretrained` stores it); transformer encoders bring their
+            own tokenizer.
         backbone: A :class:`~valfusion.encoders.FeaturePyramid` to use instead of
-            building ``config.backbone``: required when ``config.backbone == "custom"``;
-            otherwise it must be the module the config names (use it to pass a
-            pretrained ResNet, e.g. ``TorchvisionResNetPyramid("resnet50", weights=...)``).
+            building ``config.backbone`` (with ``config.backbone_weights``): required when
+            ``config.backbone == "custom"``; otherwise it must be the module the config
+            names (e.g. ``TorchvisionResNetPyramid("resnet50", weights=...)``).
+        text_encoder: A transformer :class:`~valfusion.encoders.TextEncoder` to use
+            instead of building ``config.text_encoder``: it must be of the kind the config
+            names, with ``output_dim == config.text_dim`` and ``vocab_size ==
+            config.vocab_size``. Not for ``"lstm"``, which is built from the fields.
 
     Raises:
-        ValueError: If the vocabulary size differs from ``config.vocab_size``, the
-            backbone does not fit the config, ``config.level_weights`` does not have one
+        ValueError: If the vocabulary size differs from ``config.vocab_size`` (or a
+            vocabulary is given to a transformer text encoder), the backbone or text
+            encoder does not fit the config, ``config.backbone_weights`` is not
+            ``"imagenet"`` or an existing file, ``config.level_weights`` does not have one
             weight per level, or a part rejects its options.
 
     Example:
@@ -135,10 +184,22 @@ class VAL(nn.Module):
         config: VALConfig,
         vocabulary: Vocabulary | None = None,
         backbone: FeaturePyramid | None = None,
+        text_encoder: TextEncoder | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(config, VALConfig):
             raise ValueError(f"config: expected a VALConfig, got {type(config).__name__}")
+        lstm = config.text_encoder == "lstm"
+        if lstm and text_encoder is not None:
+            raise ValueError(
+                "text_encoder: the 'lstm' text encoder is built from the config's fields; "
+                "pass a transformer encoder with config.text_encoder naming its kind"
+            )
+        if vocabulary is not None and not lstm:
+            raise ValueError(
+                f"vocabulary: only the 'lstm' text encoder reads a Vocabulary; "
+                f"{config.text_encoder!r} brings its own tokenizer"
+            )
         if vocabulary is not None:
             if not isinstance(vocabulary, Vocabulary):
                 raise ValueError(
@@ -153,7 +214,9 @@ class VAL(nn.Module):
         self.config = config
         self.vocabulary = vocabulary
         self.backbone = (
-            build_backbone(config) if backbone is None else check_backbone(config, backbone)
+            build_backbone(config, initial_weights(config))
+            if backbone is None
+            else check_backbone(config, backbone)
         )
         num_levels = self.backbone.num_levels
         if config.level_weights is not None and len(config.level_weights) != num_levels:
@@ -161,12 +224,26 @@ class VAL(nn.Module):
                 f"level_weights: expected one weight per backbone level ({num_levels}), got "
                 f"{len(config.level_weights)}: {config.level_weights}"
             )
-        self.text_encoder = LSTMTextEncoder(
-            config.vocab_size,
-            word_dim=config.word_dim,
-            hidden_dim=config.text_hidden_dim,
-            out_dim=config.text_dim,
-            dropout=config.text_dropout,
+        self.text_encoder: TextEncoder = (
+            LSTMTextEncoder(
+                config.vocab_size,
+                word_dim=config.word_dim,
+                hidden_dim=config.text_hidden_dim,
+                out_dim=config.text_dim,
+                dropout=config.text_dropout,
+                vocabulary=vocabulary,
+            )
+            if lstm
+            else _check_text_encoder(
+                config,
+                build_text_encoder(config.text_encoder, config.text_dim, **config.text_encoder_kwargs)
+                if text_encoder is None
+                else text_encoder,
+            )
+        )
+        # Batch norm in the text encoder needs two texts per batch in training mode.
+        self._text_batch_norm = any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in self.text_encoder.modules()
         )
         # "val_official" ties each level to one feature-map size; queries are checked
         # against these sizes before any computation.
@@ -214,8 +291,15 @@ class VAL(nn.Module):
 
         ``inference=True``: the caller runs in eval mode, so one text is fine.
         """
-        tokens, _ = check_tokens(tokens, lengths, self.config.vocab_size, tokens_name, lengths_name)
-        if not inference and self.text_encoder.training and tokens.shape[0] == 1:
+        tokens, _ = check_tokens(
+            tokens, lengths, self.text_encoder.vocab_size, tokens_name, lengths_name
+        )
+        if (
+            not inference
+            and self._text_batch_norm
+            and self.text_encoder.training
+            and tokens.shape[0] == 1
+        ):
             raise ValueError(
                 f"{tokens_name}: batch size 1 in training mode, but the text encoder's batch "
                 f"norm needs at least 2 texts; call model.eval() to encode single queries"
@@ -276,11 +360,29 @@ class VAL(nn.Module):
 
     # ------------------------------------------------------------------ encoding
 
+    def tokenize(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Token ids of texts, by the text encoder's own tokenizer (on the CPU).
+
+        The vocabulary for the ``"lstm"`` encoder, the transformer's tokenizer otherwise:
+        ``encode_text(*model.tokenize(texts))`` encodes raw text with any encoder.
+
+        Args:
+            texts: ``B >= 1`` strings.
+
+        Returns:
+            ``(tokens (B, T) long, lengths (B,) long)``, rows right-padded.
+
+        Raises:
+            ValueError: If ``texts`` is not a non-empty sequence of strings, or the LSTM
+                model has no vocabulary.
+        """
+        return self.text_encoder.tokenize(texts)
+
     def encode_text(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         """Text feature ``t`` of the modification texts.
 
         Args:
-            tokens: ``(B, T)`` integer token ids in ``[0, V)`` (``Vocabulary.encode``).
+            tokens: ``(B, T)`` integer token ids in ``[0, V)`` (:meth:`tokenize`).
             lengths: ``(B,)`` integer valid lengths, each in ``[1, T]``.
 
         Returns:
@@ -388,7 +490,7 @@ class VAL(nn.Module):
         Args:
             images: ``(B, 3, H, W)`` float reference images (for ``"val_official"``, of
                 ``config.image_size``).
-            tokens: ``(B, T)`` integer token ids in ``[0, V)`` (``Vocabulary.encode``).
+            tokens: ``(B, T)`` integer token ids in ``[0, V)`` (:meth:`tokenize`).
             lengths: ``(B,)`` integer valid lengths, each in ``[1, T]``.
             return_levels: Also return the per-level embeddings ``(B, C_l)``.
             return_attention: Also return each level's attention maps.
@@ -571,8 +673,9 @@ class VAL(nn.Module):
 
         Args:
             image: ``(3, H, W)`` or ``(1, 3, H, W)`` float reference image.
-            text: The modification text (needs the model's vocabulary), or a pair
-                ``(tokens (1, T), lengths (1,))`` such as ``vocabulary.encode([text])``.
+            text: The modification text (tokenized by :meth:`tokenize`; the LSTM needs
+                the model's vocabulary), or a pair ``(tokens (1, T), lengths (1,))`` such
+                as ``model.tokenize([text])``.
             gallery: Gallery images ``(G, 3, H, W)`` or precomputed embeddings ``(G, E)``
                 from :meth:`encode_image` / :meth:`embed_gallery`.
             k: How many results; clipped to the number of gallery items left after
@@ -597,7 +700,8 @@ class VAL(nn.Module):
         """
         check_positive_int(k, "k")
         image = query_image(image)
-        tokens, lengths = query_text(text, self.vocabulary)
+        lstm_without_vocabulary = self.config.text_encoder == "lstm" and self.vocabulary is None
+        tokens, lengths = query_text(text, None if lstm_without_vocabulary else self.tokenize)
         self._check_query(image, tokens, lengths, ("image", "text[0]", "text[1]"), inference=True)
         check_finite(image.flatten(1), "image")
         warn_if_unknown(text, tokens, lengths, self.vocabulary, stacklevel=3)
@@ -619,15 +723,21 @@ class VAL(nn.Module):
     # ------------------------------------------------------------------ persistence
 
     def save_pretrained(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``config.json``, ``vocabulary.json`` (if any) and the weights to ``directory``.
+        """Write ``config.json``, ``vocabulary.json`` (if any), ``text_encoder/`` (if any) and
+        the weights to ``directory``.
+
+        ``text_encoder/`` holds a transformer text encoder's architecture (its
+        configuration and tokenizer files, :meth:`TextEncoder.save_architecture
+        <valfusion.encoders.TextEncoder.save_architecture>`), so that
+        :meth:`from_pretrained` rebuilds it without the original folder or a download.
 
         The weights are a state dict of CPU tensors in ``model.safetensors`` (the Hugging
         Face format: a JSON header and raw bytes, nothing to unpickle) when the optional
         ``safetensors`` package is installed (``demo`` extra), else in ``model.pt``
         (``torch.save``, loadable with ``torch.load(path, weights_only=True)``). Tied
         weights are saved once per name. Each file is written atomically (temporary file,
-        then rename); the other weights file and a ``vocabulary.json`` left by an earlier
-        save are removed, so that the folder holds exactly this model.
+        then rename); the other weights file and a ``vocabulary.json`` or ``text_encoder/``
+        left by an earlier save are removed, so that the folder holds exactly this model.
 
         Args:
             directory: Created if missing; existing files of the same names are replaced.
@@ -635,7 +745,13 @@ class VAL(nn.Module):
         Returns:
             The directory path.
         """
-        return write_pretrained(directory, self.config, self.vocabulary, self.state_dict())
+        return write_pretrained(
+            directory,
+            self.config,
+            self.vocabulary,
+            self.state_dict(),
+            text_encoder=None if self.config.text_encoder == "lstm" else self.text_encoder,
+        )
 
     @classmethod
     def from_pretrained(
@@ -665,6 +781,10 @@ class VAL(nn.Module):
         ``safetensors`` package), else ``model.pt`` (folders written before, or without
         ``safetensors``), read with ``torch.load(weights_only=True)``; opening either never
         runs code. They are checked against the configuration before they are loaded strictly.
+        The backbone is built with random weights (``config.backbone_weights`` is not read:
+        the saved weights replace them), and a transformer text encoder is rebuilt from
+        ``text_encoder/`` (its configuration and tokenizer files), so nothing is downloaded
+        and the folder it was first loaded from is not needed.
         As with Hugging Face models, the result is in eval mode; call ``.train()`` to
         fine-tune.
 
@@ -684,11 +804,13 @@ class VAL(nn.Module):
             The model, in eval mode, with the saved vocabulary (if one was saved).
 
         Raises:
-            FileNotFoundError: If the directory lacks ``config.json`` or both
-                ``model.safetensors`` and ``model.pt``; for a repo id, if the Hub (or,
+            FileNotFoundError: If the directory lacks ``config.json``, both
+                ``model.safetensors`` and ``model.pt``, or the ``text_encoder/`` folder of a
+                transformer text encoder; for a repo id, if the Hub (or,
                 offline, its cache) has no such model.
             ImportError: If ``directory`` is a repo id and ``huggingface_hub`` is not
-                installed (``pip install 'valfusion[hub]'``).
+                installed (``pip install 'valfusion[hub]'``), or the text encoder's library
+                (``transformers``, ``open_clip``) or the backbone's (timm) is missing.
             ValueError: Naming the file, if ``config.json`` is not a valid configuration,
                 or the weights file is empty, truncated or corrupted, is refused as unsafe (a
                 pickle that would run code: nothing in it is executed), or does not fit
@@ -723,7 +845,20 @@ class VAL(nn.Module):
                 f"{os.fspath(directory)!r} is read as a local folder"
             )
         config, vocabulary, weights = read_pretrained(directory)
-        model = cls(config, vocabulary=vocabulary, backbone=backbone)
+        architecture = text_encoder_architecture(directory, config)
+        text_encoder = None
+        if architecture is not None:
+            text_encoder = build_text_encoder(
+                config.text_encoder,
+                config.text_dim,
+                architecture=architecture,
+                **config.text_encoder_kwargs,
+            )
+        if backbone is None and config.backbone != "custom":
+            # Random initial weights: the saved ones replace them (config.backbone_weights
+            # may name a file of another machine).
+            backbone = build_backbone(config)
+        model = cls(config, vocabulary=vocabulary, backbone=backbone, text_encoder=text_encoder)
         model.load_state_dict(load_weights(weights, model.state_dict(), map_location))
         return model.eval()
 
