@@ -1193,7 +1193,7 @@ def build_parser() -> argparse.ArgumentParser:
         "implementations and the machine's GEMM ceiling, and write Markdown results that name the "
         "machine (default ./valfusion-bench-results; benchmarks/results/ in a source checkout). Every "
         "argument goes to `python -m valfusion.benchmarks`: e.g. `valfusion bench composite --device "
-        "cuda --dtype bf16`, `valfusion bench --suite gpu` (about 8 minutes on an H100), "
+        "cuda --dtype bf16`, `valfusion bench --suite gpu` (an estimated 8 minutes on an H100, not yet measured), "
         "`valfusion bench --tiny --out-dir DIR` (seconds).",
     )
     return parser
