@@ -14,24 +14,20 @@ each intermediate gradient is one buffer, with no autograd-side additions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from einops import rearrange
 from torch import Tensor, nn
 
 from valfusion.layers._kernels import Plan, is_channel_major, like_memory_format
 from valfusion.layers._kernels.gated_residual import gated_residual, gates
 from valfusion.layers._kernels.grouped_qkv import attend
+from valfusion.layers._kernels.parts import CompositeParts
 from valfusion.layers._kernels.token_projection import fuse_tokens
-
-if TYPE_CHECKING:
-    from valfusion.layers.composite_transformer import CompositeTransformer
 
 __all__ = ["composite_transformer"]
 
 
 def composite_transformer(
-    block: CompositeTransformer, image: Tensor, text: Tensor, plan: Plan
+    block: CompositeParts, image: Tensor, text: Tensor, plan: Plan
 ) -> Tensor:
     """``F_o`` of ``block`` for a ``(B, C, H, W)`` map ``image`` and text ``(B, D)``.
 

@@ -11,7 +11,7 @@ the self-attention's head outputs and ``w_sa`` times ``F_proj``'s weight and bia
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 from einops import rearrange
@@ -20,9 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from valfusion.layers._kernels import autocast_apply, is_channel_major
 from valfusion.layers._kernels.context import AutogradContext
-
-if TYPE_CHECKING:
-    from valfusion.layers.joint_attentional_preservation import JointAttentionalPreservation
+from valfusion.layers._kernels.parts import PreservationParts
 
 __all__ = ["gated_residual", "gates", "joint_attentional_preservation"]
 
@@ -162,7 +160,7 @@ def gated_residual(
 
 
 def gates(
-    preservation: JointAttentionalPreservation, channel_mean: Tensor, spatial_mean: Tensor
+    preservation: PreservationParts, channel_mean: Tensor, spatial_mean: Tensor
 ) -> tuple[Tensor, Tensor]:
     """The two gates from the pooled fused map: ``gate(F_ch(mean_{h,w} X))`` and
     ``gate(F_sp(mean_c X))``.
@@ -184,7 +182,7 @@ def gates(
 
 
 def joint_attentional_preservation(
-    preservation: JointAttentionalPreservation, fused: Tensor, reference: Tensor
+    preservation: PreservationParts, fused: Tensor, reference: Tensor
 ) -> Tensor:
     """``F_ja = gate(a_ch) * gate(a_sp) * F_r`` without the ``(B, C, H, W)`` joint gate.
 

@@ -17,7 +17,7 @@ the ``N x N`` matrix. Which one runs there, and how fast, is not yet measured on
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +27,7 @@ from torch.autograd.function import once_differentiable
 
 from valfusion.layers._kernels import autocast_apply, like_memory_format
 from valfusion.layers._kernels.context import AutogradContext
-
-if TYPE_CHECKING:
-    from valfusion.layers.self_attentional_transformation import SelfAttentionalTransformation
+from valfusion.layers._kernels.parts import SelfAttentionParts
 
 __all__ = ["attend", "self_attentional_transformation"]
 
@@ -153,7 +151,7 @@ class _GroupedQKVProjection(torch.autograd.Function):
 
 
 def attend(
-    block: SelfAttentionalTransformation, x: Tensor, *, pool: bool = False
+    block: SelfAttentionParts, x: Tensor, *, pool: bool = False
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Multi-head attention on token-major features, before ``F_proj``.
 
@@ -182,7 +180,7 @@ def attend(
     return (heads, outs[3], outs[4]) if pool else (heads, None, None)
 
 
-def self_attentional_transformation(block: SelfAttentionalTransformation, x: Tensor) -> Tensor:
+def self_attentional_transformation(block: SelfAttentionParts, x: Tensor) -> Tensor:
     """``F_sa = F_proj(MHSA(X))`` for a ``(B, C, H, W)`` map (the layer's fused path).
 
     The map is made token-major once (no copy for a ``channels_last`` map or tokens);

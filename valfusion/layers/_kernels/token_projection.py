@@ -8,7 +8,7 @@ conv over ``[F_r ; tile(t)]`` without the tiled text. Reference it must equal:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -18,9 +18,7 @@ from torch.autograd.function import once_differentiable
 
 from valfusion.layers._kernels import Plan, autocast_apply, is_channel_major, like_memory_format
 from valfusion.layers._kernels.context import AutogradContext
-
-if TYPE_CHECKING:
-    from valfusion.layers.text_image_fusion import TextImageFusion
+from valfusion.layers._kernels.parts import FusionParts
 
 __all__ = ["fuse_tokens", "text_image_fusion"]
 
@@ -99,7 +97,7 @@ class _TokenProjection(torch.autograd.Function):
 
 
 def fuse_tokens(
-    fusion: TextImageFusion, tokens: Tensor, text: Tensor, height: int
+    fusion: FusionParts, tokens: Tensor, text: Tensor, height: int
 ) -> tuple[Tensor, Tensor]:
     """``X = F_c([F_r ; tile(t)])`` on token-major image features.
 
@@ -133,7 +131,7 @@ def fuse_tokens(
     return fusion.mlp(x), tokens
 
 
-def text_image_fusion(fusion: TextImageFusion, image: Tensor, text: Tensor, plan: Plan) -> Tensor:
+def text_image_fusion(fusion: FusionParts, image: Tensor, text: Tensor, plan: Plan) -> Tensor:
     """``X = F_c([F_r ; tile(t)])`` for a ``(B, C, H, W)`` map (the layer's fused path).
 
     Args:
