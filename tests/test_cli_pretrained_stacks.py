@@ -15,6 +15,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 import json
 import pickle
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -286,3 +288,20 @@ def test_resolved_config_trains_the_same_model_again(trained, tmp_path, capsys):
     expected, got = load_file(run_dir / "model.safetensors"), load_file(again / "model.safetensors")
     # The same settings, data and thread count replay the same float ops.
     assert [n for n in expected if not torch.equal(expected[n], got[n])] == []
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_no_progress_also_silences_the_transformers_loading_bar(folder, tmp_path, quiet):
+    # A real `valfusion train` process: transformers reads the setting when it is imported.
+    bert = write_tiny_bert(tmp_path / "bert")
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_DISABLE_PROGRESS_BARS"}
+    env["HF_HUB_OFFLINE"] = "1"
+    base = [o for o in BASE if o != "--no-progress"]
+    command = [
+        sys.executable, "-m", "valfusion", "train", "--data", str(folder), "--out",
+        str(tmp_path / "run"), *base, *SMALL, "--text-encoder", f"hf:{bert}",
+        *(["--no-progress"] if quiet else []),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert ("Loading weights" in done.stderr) is not quiet

@@ -1238,6 +1238,23 @@ def _run_command(args: argparse.Namespace, prog: str) -> int:
         return int(args.func(args) or 0)
 
 
+
+def _quiet_hugging_face_progress() -> None:
+    """``--no-progress`` also silences the Hugging Face libraries' own progress bars
+    (transformers' "Loading weights", hub downloads) when a transformer text encoder loads.
+
+    Both read ``HF_HUB_DISABLE_PROGRESS_BARS`` when first imported; a library already
+    imported (``torchmetrics`` imports transformers when it is installed) is told directly.
+    A value the user set in the environment is kept.
+    """
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] != "1":
+        return
+    if "huggingface_hub" in sys.modules:
+        sys.modules["huggingface_hub"].utils.disable_progress_bars()
+    if "transformers" in sys.modules:
+        sys.modules["transformers"].utils.logging.disable_progress_bar()
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``valfusion`` command.
 
@@ -1265,6 +1282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     prog = f"valfusion {args.command}"
+    if getattr(args, "no_progress", False):
+        _quiet_hugging_face_progress()
     try:
         _set_threads(args)
         return _run_command(args, prog)
