@@ -323,6 +323,20 @@ class Case:
     prefix: int
     call: Callable[[nn.Module, Tensor, Tensor, dict[str, object]], Tensor]
 
+    @classmethod
+    def drawn(
+        cls,
+        module: nn.Module,
+        shape: dict[str, object],
+        call: Callable[[nn.Module, Tensor, Tensor, dict[str, object]], Tensor],
+    ) -> Case:
+        """The case of ``module`` on a shape drawn by ``_shapes()``."""
+        return cls(
+            module, int(shape["batch"]), int(shape["channels"]), int(shape["height"]),
+            int(shape["width"]), int(shape["text"]), str(shape["form"]), int(shape["prefix"]),
+            call,
+        )
+
 
 def _run(case: Case, name: str, dtype: torch.dtype, image: Tensor, text: Tensor,
          cotangent: Tensor, *, form: str, autocast: bool = False,
@@ -373,7 +387,7 @@ def _run(case: Case, name: str, dtype: torch.dtype, image: Tensor, text: Tensor,
     return [out_map, grad_x, *rest]
 
 
-def _check_against_truth(case: Case) -> None:
+def _assert_every_backend_equals_the_truth(case: Case) -> None:
     torch.manual_seed(0)
     image = torch.randn(case.batch, case.channels, case.height, case.width, dtype=torch.float64)
     text = torch.randn(case.batch, case.text, dtype=torch.float64)
@@ -384,13 +398,21 @@ def _check_against_truth(case: Case) -> None:
     perturbed = _run(case, "reference", torch.float64, image, text, cotangent, form="nchw",
                      perturb=EPS32)
     labels = ["output", "grad image", "grad text"] + [n for n, _ in case.module.named_parameters()]
+    # A gradient that vanishes in exact arithmetic (a weight whose scale a batch norm removes,
+    # e.g. a 1 x 1 conv of one channel before BatchNorm2d) is pure rounding noise of terms
+    # as large as the other gradients of the same loss; neither ``ref_error`` (one draw of
+    # that noise) nor ``sensitivity`` (the invariance holds at the perturbed point too) sizes
+    # it. Floor: 16 eps times the largest gradient (as test_model's float64 rule does).
+    largest = max(t.abs().max().item() for t in truth[1:])
     for name in BACKENDS:
         got = _run(case, name, torch.float32, image, text, cotangent, form=case.form)
         for label, g, r, t, p in zip(labels, got, ref32, truth, perturbed):
             ref_error = (r.double() - t).abs().max().item()
             sensitivity = (p - t).abs().max().item()
             scale = t.abs().max().item()
-            bound = 4 * ref_error + 16 * sensitivity + 16 * EPS32 * scale + 1e-30
+            # ref_error is one draw of the reference's rounding; another summation order
+            # (the kernels') draws its own, several times larger at times: factor 16.
+            bound = 16 * ref_error + 16 * sensitivity + 16 * EPS32 * max(scale, largest) + 1e-30
             error = (g.double() - t).abs().max().item()
             assert error <= bound, f"{name} ({case.form}): {label} off by {error:.3g} > {bound:.3g}"
 
@@ -445,9 +467,8 @@ def test_composite_transformer_every_backend_equals_the_reference(
     )
     _randomise_batch_norm(module)
     module.train(bool(shape["training"]))
-    _check_against_truth(Case(
-        module, int(shape["batch"]), int(shape["channels"]), int(shape["height"]),
-        int(shape["width"]), int(shape["text"]), str(shape["form"]), int(shape["prefix"]),
+    _assert_every_backend_equals_the_truth(Case.drawn(
+        module, shape,
         lambda m, x, t, kw: m(x, t, **kw),
     ))
 
@@ -473,9 +494,8 @@ def test_self_attentional_transformation_every_backend_equals_the_reference(
     )
     _randomise_batch_norm(module)
     module.train(bool(shape["training"]))
-    _check_against_truth(Case(
-        module, int(shape["batch"]), int(shape["channels"]), int(shape["height"]),
-        int(shape["width"]), int(shape["text"]), str(shape["form"]), int(shape["prefix"]),
+    _assert_every_backend_equals_the_truth(Case.drawn(
+        module, shape,
         # the text only enters the loss through a zero weight: its gradient is zero
         lambda m, x, t, kw: m(x, **kw) + 0.0 * t.sum(),
     ))
@@ -508,7 +528,7 @@ def test_joint_attentional_preservation_every_backend_equals_the_reference(
             fused = fused.contiguous(memory_format=torch.channels_last)
         return m(fused, x, **kw)
 
-    _check_against_truth(Case(
+    _assert_every_backend_equals_the_truth(Case(
         module, batch, channels, height, width, int(shape["text"]), str(shape["form"]),
         prefix, preserve,
     ))
@@ -527,9 +547,8 @@ def test_text_image_fusion_every_backend_equals_the_reference(
     )
     _randomise_batch_norm(module)
     module.train(bool(shape["training"]))
-    _check_against_truth(Case(
-        module, int(shape["batch"]), int(shape["channels"]), int(shape["height"]),
-        int(shape["width"]), int(shape["text"]), str(shape["form"]), int(shape["prefix"]),
+    _assert_every_backend_equals_the_truth(Case.drawn(
+        module, shape,
         lambda m, x, t, kw: m(x, t, **kw),
     ))
 
@@ -547,9 +566,8 @@ def test_bf16_autocast_every_backend_is_within_bf16_rounding_of_fp32(
     )
     _randomise_batch_norm(module)
     module.train(bool(shape["training"]))
-    case = Case(
-        module, int(shape["batch"]), int(shape["channels"]), int(shape["height"]),
-        int(shape["width"]), int(shape["text"]), str(shape["form"]), int(shape["prefix"]),
+    case = Case.drawn(
+        module, shape,
         lambda m, x, t, kw: m(x, t, **kw),
     )
     image = torch.randn(case.batch, case.channels, case.height, case.width)

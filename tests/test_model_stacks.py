@@ -20,9 +20,6 @@ from test_cli_pretrained_stacks import WORDS, write_resnet18_weights, write_tiny
 from valfusion.encoders import TimmPyramid, TimmViTPyramid, Vocabulary, build_text_encoder
 from valfusion.models import VAL, VALConfig
 
-pytest.importorskip("transformers")
-pytest.importorskip("timm")
-
 TEXT = {"text_dim": 8}
 LSTM = {"word_dim": 8, "text_hidden_dim": 8, "text_dim": 8}
 SMALL = {"backbone_channels": (4, 8, 8)}
