@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from valfusion._io import atomic_write
 
@@ -151,14 +152,45 @@ def ceiling_gemm_size(args: BenchArgs, cpu_n: int = 2048, tiny_n: int = 256) -> 
     return CUDA_GEMM_N if torch.device(args.device).type == "cuda" else cpu_n
 
 
+def ceiling_products(n: int, device: str = "cpu",
+                     dtype: torch.dtype = torch.float32) -> dict[str, Callable[[], object]]:
+    """The two routes to one ``n x n x n`` product (``2 n^3`` FLOPs) whose best rate is a
+    run's ceiling: ``torch.mm`` (BLAS on a CPU: MKL in the x86 wheels; cuBLAS on a GPU) and a
+    1x1 ``F.conv2d`` of ``(n / 64, n, 8, 8)`` by ``(n, n, 1, 1)`` (oneDNN on an x86 CPU,
+    cuDNN on a GPU). Which one is faster depends on the machine: on an AMD EPYC with
+    AVX-512 oneDNN ran at twice MKL's rate, on one with AVX2 at 0.8 of it
+    (``benchmarks/results/cpu_gemm_paths.md``), so a ceiling of either alone can halve or
+    flatter every fraction of it.
+
+    Args:
+        n: the side, a multiple of 64.
+        device: where to run.
+        dtype: the operands' dtype.
+
+    Returns:
+        ``{"torch.mm": fn, "1x1 conv": fn}``, each running its product once.
+    """
+    if n % 64:
+        raise ValueError(f"n: expected a multiple of 64, got {n}")
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    maps = torch.randn(n // 64, n, 8, 8, device=device, dtype=dtype)
+    weight = torch.randn(n, n, 1, 1, device=device, dtype=dtype)
+    return {
+        "torch.mm": lambda: torch.mm(a, b),
+        "1x1 conv": lambda: F.conv2d(maps, weight),
+    }
+
+
 def gemm_flops_per_second(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 2048,
                           min_run_time: float = 1.0,
                           timer: Callable[[], float] | None = None) -> float:
-    """The machine's ceiling: FLOP/s of an ``n x n x n`` matrix product (2 n^3 FLOPs)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    seconds = time_fn(lambda: torch.mm(a, b), min_run_time=min_run_time, timer=timer)
-    return 2 * n**3 / seconds
+    """The machine's ceiling: the best FLOP/s of the :func:`ceiling_products` (``2 n^3``
+    FLOPs each)."""
+    return max(
+        2 * n**3 / time_fn(fn, min_run_time=min_run_time, timer=timer)
+        for fn in ceiling_products(n, device, dtype).values()
+    )
 
 
 # ---------------------------------------------------------------- threads, clock, rounds
@@ -386,8 +418,8 @@ def run_timed_child(factory: str, workloads: Sequence[Mapping[str, Any]], thread
     ``step``, runs it once to warm up,
     times it with ``torch.utils.benchmark`` (``blocked_autorange`` median; process CPU
     time for one thread, else wall time, as :func:`make_clock`), then runs it once more
-    under ``getrusage``. It also times the ceiling GEMM (``gemm_n^3`` fp32 ``torch.mm``)
-    at the end.
+    under ``getrusage``. It also times the ceiling (``gemm_n^3`` fp32, the best of
+    :func:`ceiling_products`) at the end.
 
     Returns:
         One dict per workload: ``seconds`` (median seconds per step), ``sys_seconds``

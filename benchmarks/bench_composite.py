@@ -46,7 +46,8 @@ work (the tiled text through the fusion conv, full instead of grouped q/k/v maps
 a lower fraction of the ceiling. Parts: self-attention ``6 N C^2 / G + 4 N^2 C + 2 N C^2``;
 preservation ``2 C^2 + 2 N k^2`` (memory-bound: no fraction is given).
 
-Method: the GEMM ceiling (``2048^3`` fp32/bf16 ``torch.mm``) is timed in every round next
+Method: the GEMM ceiling (a ``2048^3`` fp32/bf16 product as ``torch.mm`` and as a 1x1
+convolution, ``_harness.ceiling_products``: the faster route counts) is timed in every round next
 to the implementations; the implementations and the ceiling are timed alternately
 (``torch.utils.benchmark`` ``blocked_autorange`` median per round, the order rotating
 between rounds), and the tables give the median over rounds of each time, of each ratio
@@ -80,6 +81,7 @@ from ._harness import (
     BenchArgs,
     allocator_note,
     ceiling_gemm_size,
+    ceiling_products,
     cuda_peak_memory,
     environment_header,
     interleaved_rounds,
@@ -409,21 +411,22 @@ class Runner:
         self.clock, self.clock_name = make_clock(args, threads)
         n = ceiling_gemm_size(args, sizes.gemm_n, sizes.gemm_n)
         self.gemm_n = n
-        dtype = DTYPES[args.dtype]
-        a = torch.randn(n, n, device=args.device, dtype=dtype)
-        b = torch.randn(n, n, device=args.device, dtype=dtype)
-        self._gemm = lambda: torch.mm(a, b)
+        self._ceiling = {
+            f"{CEILING} ({route})": fn
+            for route, fn in ceiling_products(n, args.device, DTYPES[args.dtype]).items()
+        }
         self._gemm_flops = 2.0 * n**3
 
     def time(self, steps: dict[str, Callable[[], None]], flops: float,
              rounds: int | None = None) -> Timing:
-        fns = {CEILING: self._gemm, **steps}
+        fns = {**self._ceiling, **steps}
         seconds = interleaved_rounds(
             fns, rounds or self.sizes.rounds, self.args.min_run_time, timer=self.clock
         )
-        # The ceiling is the best the machine did in these rounds: a GEMM sample that a burst
-        # of load from other jobs slowed down must not inflate the fractions.
-        best = max(self._gemm_flops / t for t in seconds.pop(CEILING))
+        # The ceiling is the best the machine did in these rounds, by either route: a GEMM
+        # sample that a burst of load from other jobs slowed down must not inflate the
+        # fractions, nor a slow BLAS on this CPU (see ceiling_products).
+        best = max(self._gemm_flops / t for name in self._ceiling for t in seconds.pop(name))
         return Timing(seconds, [best] * len(seconds[next(iter(seconds))]), flops)
 
 
@@ -838,7 +841,7 @@ def _run(args: BenchArgs, threads: int) -> None:
         f"{sizes.rounds} alternating round(s) of the `torch.utils.benchmark` blocked_autorange "
         f"median (min_run_time={args.min_run_time} s); ratios and fractions of the ceiling are "
         f"medians of the per-round values; the ceiling is the best rate of a {runner.gemm_n}^3 "
-        "`torch.mm` timed in every round of the case. FLOP formula and implementations: `benchmarks/bench_composite.py` "
+        "product, as `torch.mm` and as a 1x1 `F.conv2d`, timed in every round of the case. FLOP formula and implementations: `benchmarks/bench_composite.py` "
         f"docstring. Peak memory: {memory_method}.\n\n"
     )
     if "levels" in sections:

@@ -15,6 +15,7 @@ from benchmarks._harness import (
     BenchArgs,
     allow_tf32,
     ceiling_gemm_size,
+    ceiling_products,
     environment_header,
     make_clock,
     precision_flags,
@@ -125,3 +126,37 @@ def test_precision_flags_record_tf32_for_matmuls_and_convolutions(restore_tf32) 
     both = precision_flags()
     assert "matrix products: True" in both and "convolutions: True" in both
     assert "unequal" not in both
+
+
+def test_ceiling_products_are_the_same_product_by_two_routes() -> None:
+    """Each route computes ``n x n x n`` multiply-adds: the matrix product's output is
+    ``(n, n)``, the 1x1 convolution's ``(n / 64, n, 8, 8)``, i.e. ``n`` rows of ``n`` outputs,
+    each a sum over ``n`` inputs (its weight's second dimension)."""
+    routes = ceiling_products(128)
+    assert set(routes) == {"torch.mm", "1x1 conv"}
+    product = routes["torch.mm"]()
+    conv = routes["1x1 conv"]()
+    assert isinstance(product, torch.Tensor) and isinstance(conv, torch.Tensor)
+    assert product.shape == (128, 128)
+    assert conv.shape == (2, 128, 8, 8)
+    with pytest.raises(ValueError, match="n: expected a multiple of 64, got 100"):
+        ceiling_products(100)
+
+
+def test_the_ceiling_is_the_faster_route(monkeypatch) -> None:
+    """``gemm_flops_per_second`` takes the best rate of the two routes: a route made slow by
+    a sleep does not lower it."""
+    import benchmarks._harness as harness
+
+    real = harness.ceiling_products
+
+    def one_slow(n, device="cpu", dtype=torch.float32):
+        routes = real(n, device, dtype)
+        mm = routes["torch.mm"]
+        routes["torch.mm"] = lambda: (time.sleep(0.05), mm())
+        return routes
+
+    monkeypatch.setattr(harness, "ceiling_products", one_slow)
+    rate = harness.gemm_flops_per_second(n=64, min_run_time=0.01)
+    # The slow route cannot reach 2 * 64^3 / 0.05 s; the best one must beat it.
+    assert rate > 2 * 64**3 / 0.05
