@@ -68,30 +68,36 @@ from valfusion.layers._kernels.token_projection import _TokenProjection
 ROOT = Path(__file__).resolve().parents[1]
 EPS32 = torch.finfo(torch.float32).eps
 BF16_U = 2.0**-8
-BACKENDS = ("reference", "fused", "fused/per-sample", "fused/token-major")
+BACKENDS = ("reference", "fused", "fused/per-sample", "fused/token-major", "fused/onednn")
 PLANS = {
     "fused/per-sample": _kernels.Plan(per_sample_min_tokens=1),
     "fused/token-major": _kernels.DEVICE_PLANS[("cuda", None)],
+    "fused/onednn": _kernels.Plan(per_sample_min_tokens=None, gemm="onednn"),
 }
 
 
 @contextmanager
 def backend(name: str) -> Iterator[None]:
     """Run under one of :data:`BACKENDS` (a fused variant other than ``fused`` sets the
-    CPU plan it names, for every dtype)."""
+    CPU plan it names, for every dtype, and its GEMM route in fp32, whatever
+    :func:`cpu_gemm_route` measures on this CPU)."""
     if name == "reference":
         with use_backend("reference"):
             yield
         return
     saved = dict(_kernels.DEVICE_PLANS)
+    measured = _kernels.cpu_gemm_route
     if name in PLANS:
         for key in [key for key in _kernels.DEVICE_PLANS if key[0] == "cpu"]:
             _kernels.DEVICE_PLANS[key] = PLANS[name]
+        route = PLANS[name].gemm
+        _kernels.cpu_gemm_route = lambda: route  # type: ignore[assignment]
     try:
         with use_backend("fused"):
             yield
     finally:
         _kernels.DEVICE_PLANS.update(saved)
+        _kernels.cpu_gemm_route = measured  # type: ignore[assignment]
 
 
 def _randomise_batch_norm(module: nn.Module) -> None:
@@ -231,6 +237,100 @@ def test_cpu_plan_under_bf16_autocast_transposes_a_256_position_map() -> None:
     assert _gemm_count(2, "fused", autocast=True) == _gemm_count(4, "fused", autocast=True)
 
 
+class _RecordAll(TorchDispatchMode):
+    """Every op's name and its output shapes (a tuple of them for a tuple output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[tuple[str, tuple]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        shapes = tuple(tuple(o.shape) if isinstance(o, Tensor) else None for o in outs)
+        self.ops.append((str(func.overloadpacket), shapes))
+        return out
+
+
+def test_onednn_route_computes_every_token_level_product_as_a_convolution() -> None:
+    """With ``gemm="onednn"`` no BLAS product of the fused composite has the ``B N`` token
+    rows, forward or backward: ``F_c``, the q/k/v maps and ``F_proj`` are 1x1 convolutions
+    of the ``(B, C, N, 1)`` token maps, their gradients ``convolution_backward``."""
+    block = CompositeTransformer(8, 5).train()
+    with torch.no_grad():
+        block.w_sa.fill_(0.5)
+    image = torch.randn(2, 8, 16, 16, requires_grad=True)  # B N = 512 tokens
+    products = ("aten.mm", "aten.addmm", "aten.addmm_", "aten.bmm", "aten.baddbmm",
+                "aten.baddbmm_")
+
+    def record(name: str) -> list[tuple[str, tuple]]:
+        with backend(name), _RecordAll() as recorder:
+            block(image, torch.randn(2, 5)).sum().backward()
+        return recorder.ops
+
+    def token_products(ops: list[tuple[str, tuple]]) -> list[tuple[str, tuple]]:
+        return [(op, shapes) for op, shapes in ops
+                if op in products and any(512 in s or s[1:2] == (512,) for s in shapes if s)]
+
+    assert token_products(record("fused/token-major"))  # the counter sees BLAS's products
+    ops = record("fused/onednn")
+    assert token_products(ops) == []
+    token_maps = [(op, shapes) for op, shapes in ops
+                  if op.startswith("aten.convolution") and shapes[0] and shapes[0][2:] == (256, 1)]
+    assert [op for op, _ in token_maps].count("aten.convolution") == 3  # F_c, q/k/v, F_proj
+    assert [op for op, _ in token_maps].count("aten.convolution_backward") == 3
+
+
+@pytest.fixture
+def fresh_gemm_route(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """``cpu_gemm_route`` measured (or read) anew in the test, and forgotten after it."""
+    _kernels.cpu_gemm_route.cache_clear()
+    yield monkeypatch
+    monkeypatch.undo()
+    _kernels.cpu_gemm_route.cache_clear()
+
+
+@pytest.mark.parametrize("route", ["blas", "onednn"])
+def test_the_environment_variable_pins_the_cpu_gemm_route(
+    fresh_gemm_route: pytest.MonkeyPatch, route: str
+) -> None:
+    fresh_gemm_route.setenv("VALFUSION_CPU_GEMM", route)
+    assert _kernels.cpu_gemm_route() == route
+    x = torch.randn(2, 8, 4, 4)
+    with use_backend("auto"):
+        fp32 = _kernels.plan(x)
+        fp64 = _kernels.plan(x.double())
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = _kernels.plan(x)
+    assert fp32 is not None and fp64 is not None and bf16 is not None
+    assert fp32.gemm == route
+    # oneDNN's route is token-major: no per-sample products on NCHW maps.
+    assert fp32.per_sample_min_tokens == (None if route == "onednn" else 256)
+    # Only fp32 products take it (bf16 matrix products are oneDNN's already; fp64 has none).
+    assert fp64.gemm == "blas" and bf16.gemm == "blas"
+
+
+def test_a_bad_cpu_gemm_route_names_the_variable_the_choices_and_the_value(
+    fresh_gemm_route: pytest.MonkeyPatch,
+) -> None:
+    fresh_gemm_route.setenv("VALFUSION_CPU_GEMM", "mkl")
+    with pytest.raises(ValueError) as error:
+        _kernels.cpu_gemm_route()
+    assert str(error.value) == (
+        "VALFUSION_CPU_GEMM: expected one of ('blas', 'onednn', 'measure'), got 'mkl'"
+    )
+
+
+def test_the_measured_cpu_gemm_route_is_chosen_once_per_process(
+    fresh_gemm_route: pytest.MonkeyPatch,
+) -> None:
+    fresh_gemm_route.delenv("VALFUSION_CPU_GEMM", raising=False)
+    first = _kernels.cpu_gemm_route()
+    assert first in ("blas", "onednn")
+    fresh_gemm_route.setenv("VALFUSION_CPU_GEMM", "onednn" if first == "blas" else "blas")
+    assert _kernels.cpu_gemm_route() == first  # cached: a run does not change route midway
+
+
 # --- autocast -----------------------------------------------------------------------
 
 
@@ -266,14 +366,23 @@ def _double(*shape: int) -> Tensor:
     return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
 
-@pytest.mark.parametrize("channel_major", [False, True], ids=["token_major", "channel_major"])
-def test_token_projection_passes_gradcheck(channel_major: bool) -> None:
+LAYOUTS = {
+    "token_major": (False, False),
+    "channel_major": (True, False),
+    "token_major_onednn": (False, True),
+}
+"""Test id -> (channel-major input, oneDNN GEMM route) for the gradchecks."""
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_token_projection_passes_gradcheck(layout: str) -> None:
+    channel_major, onednn = LAYOUTS[layout]
     x, weight, shift = _double(2, 3, 5), _double(4, 3), _double(2, 4)  # x: (B, C, N)
 
     def project(x: Tensor, weight: Tensor, shift: Tensor) -> tuple[Tensor, Tensor]:
         tokens = x.transpose(1, 2)  # (B, N, C): channel-major view
         tokens = tokens if channel_major else tokens.contiguous()
-        out, alias = _TokenProjection.apply(tokens, weight, shift)
+        out, alias = _TokenProjection.apply(tokens, weight, shift, onednn)
         return out, 2.0 * alias  # the alias's gradient flows back too
 
     assert torch.autograd.gradcheck(project, (x, weight, shift))
@@ -282,18 +391,22 @@ def test_token_projection_passes_gradcheck(channel_major: bool) -> None:
 @pytest.mark.parametrize("pool", [False, True], ids=["qkv", "qkv_and_means"])
 @pytest.mark.parametrize("bias", [False, True], ids=["no_bias", "bias"])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_grouped_qkv_projection_passes_gradcheck(pool: bool, bias: bool, groups: int) -> None:
+@pytest.mark.parametrize("onednn", [False, True], ids=["blas", "onednn"])
+def test_grouped_qkv_projection_passes_gradcheck(
+    pool: bool, bias: bool, groups: int, onednn: bool
+) -> None:
     x = _double(2, 3, 4)
     weight = _double(groups, 3 * 4 // groups, 4 // groups)
     b = _double(groups, 3 * 4 // groups) if bias else None
     assert torch.autograd.gradcheck(
-        lambda x, w, b: _GroupedQKVProjection.apply(x, w, b, 2, pool), (x, weight, b)
+        lambda x, w, b: _GroupedQKVProjection.apply(x, w, b, 2, pool, onednn), (x, weight, b)
     )
 
 
-@pytest.mark.parametrize("channel_major", [False, True], ids=["token_major", "channel_major"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
 @pytest.mark.parametrize("with_tokens", [False, True], ids=["product", "product_and_gemm"])
-def test_gated_residual_passes_gradcheck(channel_major: bool, with_tokens: bool) -> None:
+def test_gated_residual_passes_gradcheck(layout: str, with_tokens: bool) -> None:
+    channel_major, onednn = LAYOUTS[layout]
     r, a, s = _double(2, 3, 5), _double(2, 3), _double(2, 5)  # r: (B, C, N)
     t, w, b = (_double(2, 5, 4), _double(3, 4), _double(3)) if with_tokens else (None,) * 3
 
@@ -301,7 +414,7 @@ def test_gated_residual_passes_gradcheck(channel_major: bool, with_tokens: bool)
                  b: Tensor | None) -> Tensor:
         reference = r.transpose(1, 2)
         reference = reference if channel_major else reference.contiguous()
-        return _GatedResidual.apply(reference, a, s, t, w, b)
+        return _GatedResidual.apply(reference, a, s, t, w, b, onednn)
 
     assert torch.autograd.gradcheck(residual, (r, a, s, t, w, b))
 

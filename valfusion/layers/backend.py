@@ -46,7 +46,9 @@ def set_backend(name: Backend) -> None:
       in eager mode; each equals the reference up to floating-point rounding.
     * ``"auto"`` (default): per device, what measured fastest: the fused kernels on CPU
       (``benchmarks/results/composite.md``) and on CUDA (token-major layout, not yet
-      measured on a GPU), the reference elsewhere.
+      measured on a GPU), the reference elsewhere. On a CPU in fp32 the kernels' products
+      go through the BLAS or through oneDNN, whichever one timed product (once per
+      process) shows faster by 1.3x; ``VALFUSION_CPU_GEMM=blas|onednn`` fixes it.
 
     Whatever the backend, a layer asked for its attention maps, an empty batch, and code under
     :func:`torch.compile`, :func:`torch.export` or :func:`torch.jit.trace` run the

@@ -175,7 +175,7 @@ class SelfAttentionalTransformation(nn.Module):
         x = check_feature_map(grid.map, "x", self.channels, dtype=weight_dtype(self))
         plan = _kernels.plan(x)
         if plan is not None and not return_weights:
-            return grid.output(self_attentional_transformation(self, x))
+            return grid.output(self_attentional_transformation(self, x, plan))
         q, k, v = self._qkv(x)
         weights = None
         if return_weights or not self.fused_attn:

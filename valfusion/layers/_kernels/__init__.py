@@ -9,6 +9,8 @@ call; ``None`` means: run the reference.
 * ``grouped_qkv.py``: the q/k/v maps of all heads as one batched GEMM, then SDPA.
 * ``gated_residual.py``: ``r * (a ⊗ s) [+ t W^T + b]`` in one buffer (preservation and mix).
 * ``composite.py``: the composite transformer as one pass over token-major memory.
+* ``gemm.py``: a token-major linear map and its gradients as oneDNN 1x1 convolutions, the
+  GEMM route on CPUs where oneDNN outruns the BLAS (:func:`cpu_gemm_route`).
 
 Autocast: every ``Function`` is applied through :func:`autocast_apply`, which wraps it in
 :func:`torch.amp.custom_fwd` / :func:`torch.amp.custom_bwd` for the active device and
@@ -19,8 +21,10 @@ convolution's), so its outputs have that dtype, as :class:`torch.nn.Conv2d`'s do
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
-from typing import Any
+import os
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import Tensor
@@ -28,11 +32,14 @@ from torch import Tensor
 from valfusion.layers.backend import get_backend
 
 __all__ = [
+    "CPU_GEMM_ENV_VAR",
     "DEVICE_PLANS",
+    "ONEDNN_MIN_SPEEDUP",
     "PER_SAMPLE_MIN_TOKENS",
     "TOKEN_MAJOR",
     "Plan",
     "autocast_apply",
+    "cpu_gemm_route",
     "device_plan",
     "is_channel_major",
     "like_memory_format",
@@ -40,18 +47,27 @@ __all__ = [
 ]
 
 
+GemmRoute = Literal["blas", "onednn"]
+"""How the fused kernels compute their matrix products on token-major memory: ``"blas"``
+(``torch.mm`` and friends: MKL on x86 CPUs, cuBLAS on CUDA) or ``"onednn"`` (1x1
+convolutions on the same memory, ``gemm.py``)."""
+
+
 @dataclass(frozen=True)
 class Plan:
-    """How the fused kernels lay out a ``(B, C, H, W)`` map.
+    """How the fused kernels lay out a ``(B, C, H, W)`` map and compute their products.
 
     Attributes:
         per_sample_min_tokens: from this many positions on, an NCHW map is read and written
             in place by one GEMM per sample on its ``(C, N)`` matrices; smaller maps (and
             every map when ``None``) are transposed once to token-major ``(B N, C)`` memory
             on the way in and once on the way out, and every product is one large GEMM.
+        gemm: the route of the token-major products (:data:`GemmRoute`); ``"onednn"``
+            implies ``per_sample_min_tokens=None``.
     """
 
     per_sample_min_tokens: int | None
+    gemm: GemmRoute = "blas"
 
 
 #: On the two-core CPU, in fp32, the transposes of an NCHW map of this many positions cost
@@ -108,7 +124,9 @@ def plan(x: Tensor) -> Plan | None:
     and :func:`torch.jit.trace`: the compiler fuses the plain composition itself, and the
     tracer would record the kernels' ``out=`` products without their writes. Otherwise
     ``"fused"`` takes the device's plan (token-major on devices without one) and
-    ``"auto"`` the :data:`DEVICE_PLANS` entry, the reference on devices without one.
+    ``"auto"`` the :data:`DEVICE_PLANS` entry, the reference on devices without one. On a
+    CPU in fp32 either takes the products through oneDNN, token-major, where
+    :func:`cpu_gemm_route` says so.
 
     Args:
         x: a layer's image input (a map, or the map view of its tokens).
@@ -126,10 +144,88 @@ def plan(x: Tensor) -> Plan | None:
         return None
     device = x.device.type
     autocast = device in ("cpu", "cuda") and torch.is_autocast_enabled(device)
-    chosen = device_plan(device, torch.get_autocast_dtype(device) if autocast else x.dtype)
-    if backend == "fused":
-        return TOKEN_MAJOR if chosen is None else chosen
+    dtype = torch.get_autocast_dtype(device) if autocast else x.dtype
+    chosen = device_plan(device, dtype)
+    if backend == "fused" and chosen is None:
+        chosen = TOKEN_MAJOR
+    if chosen is not None and device == "cpu" and dtype == torch.float32:
+        if cpu_gemm_route() == "onednn":
+            chosen = replace(chosen, per_sample_min_tokens=None, gemm="onednn")
     return chosen
+
+
+CPU_GEMM_ENV_VAR = "VALFUSION_CPU_GEMM"
+"""The environment variable that fixes :func:`cpu_gemm_route`: ``"blas"``, ``"onednn"``, or
+``"measure"`` (unset or empty: ``"measure"``). Read on the first fused fp32 call on a CPU."""
+
+ONEDNN_MIN_SPEEDUP = 1.3
+"""How much faster oneDNN must measure than the BLAS for :func:`cpu_gemm_route` to take it.
+Measured ratios were 2.0 (AMD EPYC, AVX-512) and 0.8 (AMD EPYC, AVX2); the margin keeps a
+CPU where the two are close on the BLAS, so that two processes (a run and its resume) do
+not choose differently by noise."""
+
+_MEASURE_SHAPE = (4, 256, 512, 512)
+"""``(B, N, K, O)`` of the product timed by :func:`cpu_gemm_route`: VAL's mid level's token
+count, 1.6 GFLOP per forward + two gradients (about 16 ms per route at 100 GFLOP/s)."""
+
+
+@functools.cache
+def cpu_gemm_route() -> GemmRoute:
+    """The fused kernels' GEMM route for fp32 on this CPU: ``"onednn"`` or ``"blas"``.
+
+    Matrix products go to the BLAS (MKL in PyTorch's x86 wheels), 1x1 convolutions to
+    oneDNN, and which is faster depends on the CPU: on an AMD EPYC with AVX-512 oneDNN ran
+    a ``2048^3`` product at 204 GFLOP/s and MKL at 102 (MKL's AVX-512 code is not used on
+    AMD CPUs), on an AMD EPYC with AVX2 oneDNN at 0.8 of MKL's rate
+    (``benchmarks/results/cpu_gemm_paths.md``). So, once per process, this times one
+    token-major product, forward and both gradients, ``(B, N, K, O) = (4, 256, 512, 512)``,
+    each route twice, alternately, at the current thread count, and takes oneDNN only if
+    its best time beats the BLAS's by :data:`ONEDNN_MIN_SPEEDUP`. The environment variable
+    :data:`CPU_GEMM_ENV_VAR` (``VALFUSION_CPU_GEMM``) = ``blas`` or ``onednn`` skips the
+    measurement (for bit-identical runs across machines, or a comparison).
+
+    Returns:
+        ``"onednn"`` or ``"blas"`` (always ``"blas"`` without oneDNN).
+
+    Raises:
+        ValueError: on another value of ``VALFUSION_CPU_GEMM``.
+    """
+    choices = (*get_args(GemmRoute), "measure")
+    value = os.environ.get(CPU_GEMM_ENV_VAR) or "measure"
+    if value not in choices:
+        raise ValueError(f"{CPU_GEMM_ENV_VAR}: expected one of {choices}, got {value!r}")
+    if value != "measure":
+        return cast(GemmRoute, value)
+    if not torch.backends.mkldnn.is_available():
+        return "blas"
+    from valfusion.layers._kernels import gemm
+
+    batch, n, k, o = _MEASURE_SHAPE
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, n, k, generator=generator)
+    w = torch.randn(o, k, generator=generator)
+    g = torch.randn(batch, n, o, generator=generator)
+    x2d, g2d = x.view(-1, k), g.view(-1, o)
+
+    def blas() -> None:
+        torch.mm(x2d, w.t())
+        torch.mm(g2d, w)
+        torch.mm(g2d.t(), x2d)
+
+    def onednn() -> None:
+        gemm.linear(x, w)
+        gemm.linear_backward(g, x, w)
+
+    best = {"blas": float("inf"), "onednn": float("inf")}
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        blas()  # first-call set-up outside the timing
+        onednn()
+        for _ in range(2):
+            for name, step in (("blas", blas), ("onednn", onednn)):
+                start = time.perf_counter()
+                step()
+                best[name] = min(best[name], time.perf_counter() - start)
+    return "onednn" if best["blas"] >= ONEDNN_MIN_SPEEDUP * best["onednn"] else "blas"
 
 
 def is_channel_major(tokens: Tensor) -> bool:

@@ -36,7 +36,8 @@ def composite_transformer(
         image: ``F_r``: an NCHW or ``channels_last`` map, or the map view of tokens.
         text: ``t``.
         plan: the layout (NCHW maps from ``plan.per_sample_min_tokens`` positions on are
-            read and written in place by per-sample GEMMs; others are transposed once).
+            read and written in place by per-sample GEMMs; others are transposed once) and
+            the GEMM route (``plan.gemm``: BLAS products, or oneDNN 1x1 convolutions).
 
     Returns:
         ``F_o`` ``(B, C, H, W)`` in ``image``'s memory layout (token-major for tokens).
@@ -50,11 +51,14 @@ def composite_transformer(
         # One transpose of an NCHW input (shared by the fusion GEMM and the gated
         # residual) buys single large GEMMs.
         reference = reference.contiguous()
-    fused, reference = fuse_tokens(block.fusion, reference, text, height)
+    onednn = plan.gemm == "onednn"
+    fused, reference = fuse_tokens(block.fusion, reference, text, height, onednn=onednn)
     fused = rearrange(fused, "b c y x -> b (y x) c")
     # One pass over X for the attention and the gates' pooled inputs: X has a single
     # consumer, whose backward accumulates all of dX in one buffer.
-    heads, channel_mean, spatial_mean = attend(block.self_attention, fused, pool=True)
+    heads, channel_mean, spatial_mean = attend(
+        block.self_attention, fused, pool=True, onednn=onednn
+    )
     assert channel_mean is not None and spatial_mean is not None
     channel_gate, spatial_gate = gates(
         block.preservation, channel_mean, rearrange(spatial_mean, "b (y x) -> b 1 y x", y=height)
@@ -66,7 +70,9 @@ def composite_transformer(
         # the buffer of w_ja F_ja.
         weight = block.w_sa * rearrange(proj.conv.weight, "o i 1 1 -> o i")
         bias = None if proj.conv.bias is None else block.w_sa * proj.conv.bias
-        out = gated_residual(reference, channel_gate, spatial_gate, heads, weight, bias)
+        out = gated_residual(
+            reference, channel_gate, spatial_gate, heads, weight, bias, onednn=onednn
+        )
     else:
         transformed = proj(rearrange(heads, "b (y x) c -> b c y x", y=height))
         out = gated_residual(reference, channel_gate, spatial_gate) + block.w_sa * rearrange(

@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from valfusion.layers._kernels import autocast_apply, is_channel_major
+from valfusion.layers._kernels import autocast_apply, gemm, is_channel_major
 from valfusion.layers._kernels.context import AutogradContext
 from valfusion.layers._kernels.parts import PreservationParts
 
@@ -27,6 +27,7 @@ __all__ = ["gated_residual", "gates", "joint_attentional_preservation"]
 
 class _GatedResidualContext(AutogradContext, Protocol):
     has_bias: bool
+    onednn: bool
 
     @property
     def saved_tensors(
@@ -49,7 +50,9 @@ class _GatedResidual(torch.autograd.Function):
     Layouts: the output takes ``r``'s memory layout. For token-major ``r`` the GEMM is one
     ``(B N, K) x (K, C)`` product; for the token view of an NCHW map (channel-major ``r``)
     it is one ``(C, K) x (K, N)`` product per sample, so that an NCHW map is read and
-    written in place, without transposes, in both passes.
+    written in place, without transposes, in both passes. With ``onednn`` (token-major ``r``
+    only) the product ``t W^T + b`` is a oneDNN 1x1 convolution (``gemm.py``) into a fresh
+    buffer onto which the gated product is added (one ``(B, N, C)`` temporary more).
     """
 
     @staticmethod
@@ -61,8 +64,16 @@ class _GatedResidual(torch.autograd.Function):
         tokens: Tensor | None,
         weight: Tensor | None,
         bias: Tensor | None,
+        onednn: bool,
     ) -> Tensor:
         channel_major = is_channel_major(reference)
+        ctx.onednn = onednn and tokens is not None and weight is not None and not channel_major
+        ctx.save_for_backward(reference, channel_gate, spatial_gate, tokens, weight)
+        ctx.has_bias = bias is not None
+        if ctx.onednn:
+            assert tokens is not None and weight is not None
+            out = gemm.linear(tokens.contiguous(), weight, bias)
+            return out.addcmul_(reference * spatial_gate[:, :, None], channel_gate[:, None, :])
         if tokens is None or channel_major:
             out = torch.empty_like(reference)  # reference's layout
         else:
@@ -80,8 +91,6 @@ class _GatedResidual(torch.autograd.Function):
                 out.view(-1, out.shape[-1]).addmm_(
                     tokens.reshape(-1, tokens.shape[-1]), weight.t()
                 )
-        ctx.save_for_backward(reference, channel_gate, spatial_gate, tokens, weight)
-        ctx.has_bias = bias is not None
         return out
 
     @staticmethod
@@ -101,6 +110,13 @@ class _GatedResidual(torch.autograd.Function):
                 grad_w = torch.mm(grad[0].t(), tokens[0])
                 for b in range(1, grad.shape[0]):
                     grad_w.addmm_(grad[b].t(), tokens[b])
+        elif tokens is not None and weight is not None and (need[3] or need[4]) and ctx.onednn:
+            contiguous = grad.contiguous()
+            if contiguous.data_ptr() != grad.data_ptr():
+                grad_copy = contiguous
+            grad_t, grad_w = gemm.linear_backward(
+                contiguous, tokens.contiguous(), weight, need_input=need[3], need_weight=need[4]
+            )
         elif tokens is not None and weight is not None and (need[3] or need[4]):
             grad2d = grad.reshape(-1, grad.shape[-1])
             if grad2d.data_ptr() != grad.data_ptr():
@@ -129,7 +145,7 @@ class _GatedResidual(torch.autograd.Function):
             grad_r = grad * spatial_gate[:, :, None]
         if grad_r is not None:
             grad_r.mul_(channel_gate[:, None, :])
-        return grad_r, grad_a, grad_s, grad_t, grad_w, grad_b
+        return grad_r, grad_a, grad_s, grad_t, grad_w, grad_b, None
 
 
 def gated_residual(
@@ -139,6 +155,8 @@ def gated_residual(
     tokens: Tensor | None = None,
     weight: Tensor | None = None,
     bias: Tensor | None = None,
+    *,
+    onednn: bool = False,
 ) -> Tensor:
     """``out[b, n, c] = r[b, n, c] a[b, c] s[b, n] + sum_k t[b, n, k] W[c, k] + b[c]``.
 
@@ -149,13 +167,15 @@ def gated_residual(
         tokens: ``t``, ``(B, N, K)`` token-major, or ``None``.
         weight: ``W``, ``(C, K)`` (with ``tokens``).
         bias: ``b``, ``(C,)`` or ``None``.
+        onednn: compute ``t W^T + b`` as a oneDNN 1x1 convolution (``gemm.py``) when ``r`` is
+            token-major, rather than accumulate a BLAS product onto the gated ``r``.
 
     Returns:
         ``(B, N, C)`` (the autocast dtype under autocast); token-major (contiguous) when
         ``tokens`` is given and ``r`` is not channel-major, else with ``r``'s strides.
     """
     return autocast_apply(
-        _GatedResidual, reference, channel_gate, spatial_gate, tokens, weight, bias
+        _GatedResidual, reference, channel_gate, spatial_gate, tokens, weight, bias, onednn
     )
 
 

@@ -25,7 +25,7 @@ from einops import rearrange
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from valfusion.layers._kernels import autocast_apply, like_memory_format
+from valfusion.layers._kernels import Plan, autocast_apply, gemm, like_memory_format
 from valfusion.layers._kernels.context import AutogradContext
 from valfusion.layers._kernels.parts import SelfAttentionParts
 
@@ -34,6 +34,7 @@ __all__ = ["attend", "self_attentional_transformation"]
 
 class _QKVProjectionContext(AutogradContext, Protocol):
     has_bias: bool
+    onednn: bool
 
     @property
     def saved_tensors(self) -> tuple[Tensor, Tensor]:  # x, weight
@@ -57,6 +58,10 @@ class _GroupedQKVProjection(torch.autograd.Function):
     Backward receives ``dq``, ``dk``, ``dv`` separately (no ``(M, 3 C)`` stacking) and
     accumulates into one fresh ``dx`` in place:
     ``dx_g = dq_g W_q,g + dk_g W_k,g + dv_g W_v,g (+ d mean_n / N + d mean_c / C)``.
+
+    With ``onednn`` the product is one grouped oneDNN 1x1 convolution (``gemm.py``) writing
+    the same ``(M, G, 3, e)`` memory, and the backward stacks ``dq``, ``dk``, ``dv`` into one
+    such buffer for a single grouped ``convolution_backward``.
     """
 
     @staticmethod
@@ -67,23 +72,30 @@ class _GroupedQKVProjection(torch.autograd.Function):
         bias: Tensor | None,
         num_heads: int,
         pool: bool,
+        onednn: bool,
     ) -> tuple[Tensor, ...]:
         groups, rows, _ = weight.shape
         width = rows // 3
         x = x.contiguous()
         tokens = x.shape[0] * x.shape[1]
-        buffer = x.new_empty(tokens, groups, 3, width)
-        # .view, not rearrange, for the out= target: it must alias the buffer, and .view
-        # fails loudly where a reshape would silently copy.
-        out = buffer.view(tokens, groups, rows).transpose(0, 1)  # (G, M, 3e), strided
-        x_groups = rearrange(x, "b n (g c) -> g (b n) c", g=groups)  # strided view
-        if bias is None:
-            torch.bmm(x_groups, weight.transpose(1, 2), out=out)
+        if onednn:
+            flat_bias = None if bias is None else rearrange(bias, "g r -> (g r)")
+            projected = gemm.linear(x, rearrange(weight, "g r c -> (g r) c"), flat_bias, groups)
+            buffer = projected.view(tokens, groups, 3, width)
         else:
-            out.copy_(bias[:, None, :].expand_as(out))
-            out.baddbmm_(x_groups, weight.transpose(1, 2))
+            buffer = x.new_empty(tokens, groups, 3, width)
+            # .view, not rearrange, for the out= target: it must alias the buffer, and .view
+            # fails loudly where a reshape would silently copy.
+            out = buffer.view(tokens, groups, rows).transpose(0, 1)  # (G, M, 3e), strided
+            x_groups = rearrange(x, "b n (g c) -> g (b n) c", g=groups)  # strided view
+            if bias is None:
+                torch.bmm(x_groups, weight.transpose(1, 2), out=out)
+            else:
+                out.copy_(bias[:, None, :].expand_as(out))
+                out.baddbmm_(x_groups, weight.transpose(1, 2))
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
+        ctx.onednn = onednn
         # Within a group the rows are (head of the group, d); views, memory (B, N, heads, d).
         q, k, v = (
             rearrange(
@@ -109,6 +121,8 @@ class _GroupedQKVProjection(torch.autograd.Function):
         width = rows // 3
         x_groups = rearrange(x, "b n (g c) -> g (b n) c", g=groups)
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        if ctx.onednn:
+            return _onednn_backward(ctx, x, weight, grads)
         grad_x = x.new_empty(x.shape) if need_x else None
         grad_w = torch.empty_like(weight) if need_w else None
         grad_b = weight.new_zeros(groups, rows) if (need_b and ctx.has_bias) else None
@@ -147,11 +161,51 @@ class _GroupedQKVProjection(torch.autograd.Function):
             for j, grad in enumerate(grads[:3]):
                 if grad is None:
                     grad_w[:, j * width : (j + 1) * width].zero_()
-        return grad_x, grad_w, grad_b, None, None
+        return grad_x, grad_w, grad_b, None, None, None
+
+
+def _onednn_backward(
+    ctx: _QKVProjectionContext, x: Tensor, weight: Tensor, grads: tuple[Tensor | None, ...]
+) -> tuple[Tensor | None, ...]:
+    """:class:`_GroupedQKVProjection`'s backward when its product was a oneDNN convolution:
+    ``dq``, ``dk``, ``dv`` stacked into one ``(B, N, G * 3 e)`` buffer (zeros for a missing
+    one), one grouped ``convolution_backward`` for ``dx`` and ``dW``, then the means'
+    gradients added to ``dx``."""
+    batch, n, c = x.shape
+    groups, rows, cin = weight.shape
+    width = rows // 3
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    stacked = x.new_empty(batch * n, groups, 3, width)
+    for j, grad in enumerate(grads[:3]):
+        if grad is None:
+            stacked[:, :, j].zero_()
+        else:
+            stacked[:, :, j] = rearrange(grad, "b (g h) n d -> (b n) g (h d)", g=groups)
+    stacked_tokens = stacked.view(batch, n, groups * rows)
+    grad_x, grad_w = gemm.linear_backward(
+        stacked_tokens,
+        x,
+        rearrange(weight, "g r c -> (g r) c"),
+        groups,
+        need_input=need_x,
+        need_weight=need_w,
+    )
+    grad_b = None
+    if need_b and ctx.has_bias:
+        grad_b = stacked.view(batch * n, groups, rows).sum(dim=0)
+    pooled = grads[3:] if len(grads) == 5 else (None, None)
+    if grad_x is not None:
+        if pooled[0] is not None:
+            grad_x.add_(pooled[0][:, None, :], alpha=1 / n)
+        if pooled[1] is not None:
+            grad_x.add_(pooled[1][:, :, None], alpha=1 / c)
+    if grad_w is not None:
+        grad_w = grad_w.view(groups, rows, cin)
+    return grad_x, grad_w, grad_b, None, None, None
 
 
 def attend(
-    block: SelfAttentionParts, x: Tensor, *, pool: bool = False
+    block: SelfAttentionParts, x: Tensor, *, pool: bool = False, onednn: bool = False
 ) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """Multi-head attention on token-major features, before ``F_proj``.
 
@@ -160,6 +214,8 @@ def attend(
         x: ``(B, N, C)`` tokens (contiguous memory avoids a copy).
         pool: also return ``x``'s means over tokens and over channels, computed in the
             same pass (the composite transformer's gates read them).
+        onednn: compute the q/k/v product as a grouped oneDNN 1x1 convolution
+            (``gemm.py``) rather than a batched BLAS product.
 
     Returns:
         ``(heads, mean_n x, mean_c x)``: ``heads`` ``(B, N, C)``, the concatenated head
@@ -167,7 +223,7 @@ def attend(
         ``(head, d)``); the means ``(B, C)`` and ``(B, N)`` with ``pool=True``, else ``None``.
     """
     outs = autocast_apply(
-        _GroupedQKVProjection, x, block.qkv_weight, block.qkv_bias, block.num_heads, pool
+        _GroupedQKVProjection, x, block.qkv_weight, block.qkv_bias, block.num_heads, pool, onednn
     )
     q, k, v = outs[:3]
     if block.fused_attn:
@@ -180,7 +236,7 @@ def attend(
     return (heads, outs[3], outs[4]) if pool else (heads, None, None)
 
 
-def self_attentional_transformation(block: SelfAttentionParts, x: Tensor) -> Tensor:
+def self_attentional_transformation(block: SelfAttentionParts, x: Tensor, plan: Plan) -> Tensor:
     """``F_sa = F_proj(MHSA(X))`` for a ``(B, C, H, W)`` map (the layer's fused path).
 
     The map is made token-major once (no copy for a ``channels_last`` map or tokens);
@@ -189,10 +245,12 @@ def self_attentional_transformation(block: SelfAttentionParts, x: Tensor) -> Ten
     Args:
         block: the layer.
         x: ``X``: an NCHW or ``channels_last`` map, or the map view of tokens.
+        plan: the GEMM route (``plan.gemm``); this kernel is token-major in every plan.
 
     Returns:
         ``F_sa``, shape ``(B, C, H, W)``, in ``x``'s memory layout.
     """
-    heads, _, _ = attend(block, rearrange(x, "b c y x -> b (y x) c").contiguous())
+    tokens = rearrange(x, "b c y x -> b (y x) c").contiguous()
+    heads, _, _ = attend(block, tokens, onednn=plan.gemm == "onednn")
     out = block.proj(rearrange(heads, "b (y x) c -> b c y x", y=x.shape[2]))
     return like_memory_format(out, x)

@@ -16,7 +16,13 @@ from einops import rearrange
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from valfusion.layers._kernels import Plan, autocast_apply, is_channel_major, like_memory_format
+from valfusion.layers._kernels import (
+    Plan,
+    autocast_apply,
+    gemm,
+    is_channel_major,
+    like_memory_format,
+)
 from valfusion.layers._kernels.context import AutogradContext
 from valfusion.layers._kernels.parts import FusionParts
 
@@ -24,6 +30,8 @@ __all__ = ["fuse_tokens", "text_image_fusion"]
 
 
 class _TokenProjectionContext(AutogradContext, Protocol):
+    onednn: bool
+
     @property
     def saved_tensors(self) -> tuple[Tensor, Tensor]:  # tokens, weight
         ...
@@ -40,15 +48,24 @@ class _TokenProjection(torch.autograd.Function):
 
     ``r`` is either contiguous (one ``(B N, C) x (C, O)`` product) or the token view of an
     NCHW map (channel-major: one product per sample reading ``(C, N)`` directly; ``dr``
-    comes back in the same NCHW layout).
+    comes back in the same NCHW layout). With ``onednn`` a contiguous ``r``'s products are
+    oneDNN 1x1 convolutions (``gemm.py``) and ``u`` is added after the product.
     """
 
     @staticmethod
     def forward(
-        ctx: _TokenProjectionContext, tokens: Tensor, weight: Tensor, shift: Tensor
+        ctx: _TokenProjectionContext,
+        tokens: Tensor,
+        weight: Tensor,
+        shift: Tensor,
+        onednn: bool,
     ) -> tuple[Tensor, Tensor]:
         if not is_channel_major(tokens):
             tokens = tokens.contiguous()
+        ctx.onednn = onednn and not is_channel_major(tokens)
+        ctx.save_for_backward(tokens, weight)
+        if ctx.onednn:
+            return gemm.linear(tokens, weight).add_(shift[:, None, :]), tokens
         batch, n, channels = tokens.shape
         out = tokens.new_empty(batch, n, weight.shape[0])
         out.copy_(shift[:, None, :].expand_as(out))
@@ -56,7 +73,6 @@ class _TokenProjection(torch.autograd.Function):
             out.baddbmm_(tokens, weight.t().expand(batch, -1, -1))
         else:
             out.view(batch * n, -1).addmm_(tokens.view(batch * n, channels), weight.t())
-        ctx.save_for_backward(tokens, weight)
         return out, tokens
 
     @staticmethod
@@ -68,8 +84,18 @@ class _TokenProjection(torch.autograd.Function):
         batch, n, channels = tokens.shape
         grad_r = grad_w = grad_u = None
         if grad is None:
-            return grad_tokens, None, None
-        if is_channel_major(tokens):
+            return grad_tokens, None, None, None
+        if ctx.onednn:
+            grad_r, grad_w = gemm.linear_backward(
+                grad.contiguous(),
+                tokens,
+                weight,
+                need_input=ctx.needs_input_grad[0],
+                need_weight=ctx.needs_input_grad[1],
+            )
+            if grad_r is not None and grad_tokens is not None:
+                grad_r.add_(grad_tokens)
+        elif is_channel_major(tokens):
             if ctx.needs_input_grad[0]:  # dr[b] (C, N) = W^T (C, O) dy[b]^T (O, N)
                 product = (weight.t().expand(batch, -1, -1), grad.transpose(1, 2))
                 if grad_tokens is None:
@@ -93,11 +119,11 @@ class _TokenProjection(torch.autograd.Function):
                 grad_w = grad2d.t().mm(tokens.view(batch * n, channels))
         if ctx.needs_input_grad[2]:
             grad_u = grad.sum(dim=1)
-        return grad_r, grad_w, grad_u
+        return grad_r, grad_w, grad_u, None
 
 
 def fuse_tokens(
-    fusion: FusionParts, tokens: Tensor, text: Tensor, height: int
+    fusion: FusionParts, tokens: Tensor, text: Tensor, height: int, *, onednn: bool = False
 ) -> tuple[Tensor, Tensor]:
     """``X = F_c([F_r ; tile(t)])`` on token-major image features.
 
@@ -108,6 +134,8 @@ def fuse_tokens(
             map (one GEMM per sample reads it in place; other strides are copied).
         text: ``t``, ``(B, D)``.
         height: ``H``.
+        onednn: compute the product of contiguous ``tokens`` as a oneDNN 1x1 convolution
+            (``gemm.py``) rather than a BLAS matrix product.
 
     Returns:
         ``(X, F_r alias)``: ``X`` ``(B, C_out, H, W)`` in ``channels_last`` memory, and an
@@ -119,7 +147,7 @@ def fuse_tokens(
         [fusion.image_channels, fusion.text_channels], dim=1
     )
     shift = F.linear(text, text_weight, conv.bias)  # (B, O): W_t t + b
-    x, tokens = autocast_apply(_TokenProjection, tokens, image_weight, shift)
+    x, tokens = autocast_apply(_TokenProjection, tokens, image_weight, shift, onednn)
     x = rearrange(x, "b (y x) c -> b c y x", y=height)
     x = fusion.fuse.norm(x)
     if type(fusion.fuse.act) is nn.ReLU and isinstance(fusion.fuse.norm, nn.BatchNorm2d):
@@ -149,5 +177,5 @@ def text_image_fusion(fusion: FusionParts, image: Tensor, text: Tensor, plan: Pl
         is_channel_major(tokens) and tokens.shape[1] >= plan.per_sample_min_tokens
     )
     tokens = tokens if in_place else tokens.contiguous()
-    fused, _ = fuse_tokens(fusion, tokens, text, image.shape[2])
+    fused, _ = fuse_tokens(fusion, tokens, text, image.shape[2], onednn=plan.gemm == "onednn")
     return like_memory_format(fused, image)
