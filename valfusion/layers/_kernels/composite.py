@@ -36,7 +36,8 @@ def composite_transformer(
         image: ``F_r``: an NCHW or ``channels_last`` map, or the map view of tokens.
         text: ``t``.
         plan: the layout (NCHW maps from ``plan.per_sample_min_tokens`` positions on are
-            read and written in place by per-sample GEMMs; others are transposed once).
+            read and written in place by per-sample GEMMs; others are transposed once) and
+            who computes the gated residual's elementwise part (``plan.elementwise``).
 
     Returns:
         ``F_o`` ``(B, C, H, W)`` in ``image``'s memory layout (token-major for tokens).
@@ -66,10 +67,13 @@ def composite_transformer(
         # the buffer of w_ja F_ja.
         weight = block.w_sa * rearrange(proj.conv.weight, "o i 1 1 -> o i")
         bias = None if proj.conv.bias is None else block.w_sa * proj.conv.bias
-        out = gated_residual(reference, channel_gate, spatial_gate, heads, weight, bias)
+        out = gated_residual(
+            reference, channel_gate, spatial_gate, heads, weight, bias,
+            elementwise=plan.elementwise,
+        )
     else:
         transformed = proj(rearrange(heads, "b (y x) c -> b c y x", y=height))
-        out = gated_residual(reference, channel_gate, spatial_gate) + block.w_sa * rearrange(
-            transformed, "b c y x -> b (y x) c"
-        )
+        out = gated_residual(
+            reference, channel_gate, spatial_gate, elementwise=plan.elementwise
+        ) + block.w_sa * rearrange(transformed, "b c y x -> b (y x) c")
     return like_memory_format(rearrange(out, "b (y x) c -> b c y x", y=height), image)

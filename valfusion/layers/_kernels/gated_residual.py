@@ -18,15 +18,17 @@ from einops import rearrange
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from valfusion.layers._kernels import autocast_apply, is_channel_major
+from valfusion.layers._kernels import Elementwise, Plan, autocast_apply, is_channel_major
 from valfusion.layers._kernels.context import AutogradContext
 from valfusion.layers._kernels.parts import PreservationParts
+from valfusion.layers._kernels.triton_gates import gated_product, gated_product_backward
 
 __all__ = ["gated_residual", "gates", "joint_attentional_preservation"]
 
 
 class _GatedResidualContext(AutogradContext, Protocol):
     has_bias: bool
+    use_triton: bool
 
     @property
     def saved_tensors(
@@ -50,6 +52,10 @@ class _GatedResidual(torch.autograd.Function):
     ``(B N, K) x (K, C)`` product; for the token view of an NCHW map (channel-major ``r``)
     it is one ``(C, K) x (K, N)`` product per sample, so that an NCHW map is read and
     written in place, without transposes, in both passes.
+
+    With ``use_triton`` (a plan's ``elementwise == "triton"``), the elementwise part of each
+    pass is one Triton kernel (``triton_gates.py``): ``r a s (+ b)`` into the output buffer
+    before the GEMM; ``dr``, ``da`` and ``ds`` in one read of the output gradient and ``r``.
     """
 
     @staticmethod
@@ -61,16 +67,20 @@ class _GatedResidual(torch.autograd.Function):
         tokens: Tensor | None,
         weight: Tensor | None,
         bias: Tensor | None,
+        use_triton: bool = False,
     ) -> Tensor:
         channel_major = is_channel_major(reference)
         if tokens is None or channel_major:
             out = torch.empty_like(reference)  # reference's layout
         else:
             out = reference.new_empty(reference.shape)  # token-major for the GEMM
-        torch.mul(reference, spatial_gate[:, :, None], out=out)
-        out.mul_(channel_gate[:, None, :])
-        if bias is not None:
-            out.add_(bias)
+        if use_triton:
+            gated_product(reference, channel_gate, spatial_gate, bias, out=out)
+        else:
+            torch.mul(reference, spatial_gate[:, :, None], out=out)
+            out.mul_(channel_gate[:, None, :])
+            if bias is not None:
+                out.add_(bias)
         if tokens is not None and weight is not None:
             if channel_major:  # out[b] (C, N) += W (C, K) t[b]^T (K, N)
                 out.transpose(1, 2).baddbmm_(
@@ -82,6 +92,7 @@ class _GatedResidual(torch.autograd.Function):
                 )
         ctx.save_for_backward(reference, channel_gate, spatial_gate, tokens, weight)
         ctx.has_bias = bias is not None
+        ctx.use_triton = use_triton
         return out
 
     @staticmethod
@@ -112,7 +123,16 @@ class _GatedResidual(torch.autograd.Function):
                 grad_w = grad2d.t().mm(tokens.reshape(-1, tokens.shape[-1]))
         if need[5] and ctx.has_bias:
             grad_b = grad.sum(dim=(0, 1))
-        if need[1] or need[2]:
+        if ctx.use_triton:
+            # The copy, if in r's layout, is read as g and overwritten by dr in one pass.
+            own = grad_copy
+            if own is not None and own.stride() != reference.stride():
+                own = None
+            grad_r, grad_a, grad_s = gated_product_backward(
+                grad if own is None else own, reference, channel_gate, spatial_gate,
+                (need[0], need[1], need[2]), own,
+            )
+        elif need[1] or need[2]:
             if grad_copy is not None and grad_copy.stride() == reference.stride():
                 scratch = grad_copy.mul_(reference)
             else:
@@ -127,9 +147,9 @@ class _GatedResidual(torch.autograd.Function):
                 grad_r = torch.mul(grad, spatial_gate[:, :, None], out=scratch)
         elif need[0]:
             grad_r = grad * spatial_gate[:, :, None]
-        if grad_r is not None:
+        if grad_r is not None and not ctx.use_triton:
             grad_r.mul_(channel_gate[:, None, :])
-        return grad_r, grad_a, grad_s, grad_t, grad_w, grad_b
+        return grad_r, grad_a, grad_s, grad_t, grad_w, grad_b, None
 
 
 def gated_residual(
@@ -139,6 +159,8 @@ def gated_residual(
     tokens: Tensor | None = None,
     weight: Tensor | None = None,
     bias: Tensor | None = None,
+    *,
+    elementwise: Elementwise = "torch",
 ) -> Tensor:
     """``out[b, n, c] = r[b, n, c] a[b, c] s[b, n] + sum_k t[b, n, k] W[c, k] + b[c]``.
 
@@ -149,13 +171,16 @@ def gated_residual(
         tokens: ``t``, ``(B, N, K)`` token-major, or ``None``.
         weight: ``W``, ``(C, K)`` (with ``tokens``).
         bias: ``b``, ``(C,)`` or ``None``.
+        elementwise: who computes ``r a s`` and its gradients (``"triton"``: only where
+            :func:`~valfusion.layers._kernels.triton_gates.supports` the device).
 
     Returns:
         ``(B, N, C)`` (the autocast dtype under autocast); token-major (contiguous) when
         ``tokens`` is given and ``r`` is not channel-major, else with ``r``'s strides.
     """
     return autocast_apply(
-        _GatedResidual, reference, channel_gate, spatial_gate, tokens, weight, bias
+        _GatedResidual, reference, channel_gate, spatial_gate, tokens, weight, bias,
+        elementwise == "triton",
     )
 
 
@@ -182,7 +207,7 @@ def gates(
 
 
 def joint_attentional_preservation(
-    preservation: PreservationParts, fused: Tensor, reference: Tensor
+    preservation: PreservationParts, fused: Tensor, reference: Tensor, plan: Plan
 ) -> Tensor:
     """``F_ja = gate(a_ch) * gate(a_sp) * F_r`` without the ``(B, C, H, W)`` joint gate.
 
@@ -190,6 +215,7 @@ def joint_attentional_preservation(
         preservation: the layer.
         fused: ``X``, ``(B, C, H, W)``.
         reference: ``F_r``, ``(B, C, H, W)``.
+        plan: who computes the elementwise part (``plan.elementwise``).
 
     Returns:
         ``F_ja`` ``(B, C, H, W)`` in ``reference``'s memory layout.
@@ -199,6 +225,7 @@ def joint_attentional_preservation(
         preservation, fused.mean(dim=(2, 3)), fused.mean(dim=1, keepdim=True)
     )
     preserved = gated_residual(
-        rearrange(reference, "b c y x -> b (y x) c"), channel_gate, spatial_gate
+        rearrange(reference, "b c y x -> b (y x) c"), channel_gate, spatial_gate,
+        elementwise=plan.elementwise,
     )
     return rearrange(preserved, "b (y x) c -> b c y x", y=height)
