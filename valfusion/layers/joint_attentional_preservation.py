@@ -110,7 +110,7 @@ class JointAttentionalPreservation(nn.Module):
         check_size(reference, "reference", 3, fused.shape[3], "width W (as in fused)")
         plan = _kernels.plan(reference)
         if plan is not None and not return_attention:
-            return grid.output(joint_attentional_preservation(self, fused, reference))
+            return grid.output(joint_attentional_preservation(self, fused, reference, plan))
         channel_gate = self.gate(self.channel_conv(fused.mean(dim=(2, 3), keepdim=True)))
         spatial_gate = self.gate(self.spatial_conv(fused.mean(dim=1, keepdim=True)))
         joint = channel_gate * spatial_gate

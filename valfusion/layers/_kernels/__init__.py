@@ -11,6 +11,8 @@ call; ``None`` means: run the reference.
 * ``composite.py``: the composite transformer as one pass over token-major memory.
 * ``gemm.py``: a token-major linear map and its gradients as oneDNN 1x1 convolutions, the
   GEMM route on CPUs where oneDNN outruns the BLAS (:func:`cpu_gemm_route`).
+* ``triton_gates.py``: the gated residual's elementwise part, forward and backward, as Triton
+  kernels (``Plan.elementwise == "triton"``; triton is imported on first use only).
 
 Autocast: every ``Function`` is applied through :func:`autocast_apply`, which wraps it in
 :func:`torch.amp.custom_fwd` / :func:`torch.amp.custom_bwd` for the active device and
@@ -20,15 +22,17 @@ convolution's), so its outputs have that dtype, as :class:`torch.nn.Conv2d`'s do
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
 
 import torch
 from torch import Tensor
 
+from valfusion.layers._kernels import triton_gates
 from valfusion.layers.backend import get_backend
 
 __all__ = [
@@ -37,6 +41,7 @@ __all__ = [
     "ONEDNN_MIN_SPEEDUP",
     "PER_SAMPLE_MIN_TOKENS",
     "TOKEN_MAJOR",
+    "Elementwise",
     "Plan",
     "autocast_apply",
     "cpu_gemm_route",
@@ -44,6 +49,7 @@ __all__ = [
     "is_channel_major",
     "like_memory_format",
     "plan",
+    "runnable",
 ]
 
 
@@ -51,11 +57,15 @@ GemmRoute = Literal["blas", "onednn"]
 """How the fused kernels compute their matrix products on token-major memory: ``"blas"``
 (``torch.mm`` and friends: MKL on x86 CPUs, cuBLAS on CUDA) or ``"onednn"`` (1x1
 convolutions on the same memory, ``gemm.py``)."""
+Elementwise = Literal["torch", "triton"]
+"""Who computes the gated residual's elementwise part (``r a s``, its gradients and their
+reductions): torch ops, or the Triton kernels of ``triton_gates.py``."""
 
 
 @dataclass(frozen=True)
 class Plan:
-    """How the fused kernels lay out a ``(B, C, H, W)`` map and compute their products.
+    """How the fused kernels lay out a ``(B, C, H, W)`` map, compute their products, and
+    who computes the gates.
 
     Attributes:
         per_sample_min_tokens: from this many positions on, an NCHW map is read and written
@@ -64,10 +74,14 @@ class Plan:
             on the way in and once on the way out, and every product is one large GEMM.
         gemm: the route of the token-major products (:data:`GemmRoute`); ``"onednn"``
             implies ``per_sample_min_tokens=None``.
+        elementwise: ``"triton"``: the gated residual's product and gradients (and their
+            reductions) in one Triton kernel each way; :func:`plan` turns it into
+            ``"torch"`` (torch ops) where Triton cannot run (:func:`runnable`).
     """
 
     per_sample_min_tokens: int | None
     gemm: GemmRoute = "blas"
+    elementwise: Elementwise = "torch"
 
 
 #: On the two-core CPU, in fp32, the transposes of an NCHW map of this many positions cost
@@ -89,23 +103,30 @@ DEVICE_PLANS: dict[tuple[str, torch.dtype | None], Plan] = {
     # NOT YET MEASURED on a GPU. Per-sample weight-gradient GEMMs on channel-major maps lost
     # 1.7-1.9x to the official graph's preservation on an H100 (fp32), so CUDA takes the
     # token-major layout: one transpose each way, single large GEMMs, and SDPA's fused
-    # kernels. Which backend is faster there (the reference, this) is still to be measured.
-    ("cuda", None): TOKEN_MAJOR,
+    # kernels; the gates and their gradients in one Triton kernel each way where triton is
+    # importable (else torch ops). Which backend is faster there (the reference, this, this
+    # with torch's elementwise ops) is still to be measured
+    # (benchmarks/scripts/check_cuda_kernels.py).
+    ("cuda", None): Plan(per_sample_min_tokens=None, elementwise="triton"),
 }
 """``"auto"``'s choice per device type and compute dtype (the autocast dtype under
 autocast, else the input's): the plan of the fused kernels; ``(device, None)`` covers the
 dtypes without an entry of their own, and a device without any entry runs the reference.
 
-========  ==========  ====================================================  ==============
-device    dtype       an NCHW map                                           evidence
-========  ==========  ====================================================  ==============
-cpu       bfloat16    per-sample GEMMs in place from 1024 positions, else   one-off run
+========  ==========  ====================================================  ==========  ============
+device    dtype       an NCHW map                                           gates       evidence
+========  ==========  ====================================================  ==========  ============
+cpu       bfloat16    per-sample GEMMs in place from 1024 positions, else   torch       one-off run
                       one transpose each way
-cpu       other       per-sample GEMMs in place from 256 positions, else    ``results/``
+cpu       other       per-sample GEMMs in place from 256 positions, else    torch       ``results/``
                       one transpose each way
-cuda      any         one transpose each way, single large GEMMs            not measured
-other     any         the reference (``"fused"``: as on cuda)               -
-========  ==========  ====================================================  ==============
+cuda      any         one transpose each way, single large GEMMs            triton (*)  not measured
+other     any         the reference (``"fused"``: as on cuda, torch ops)    -           -
+========  ==========  ====================================================  ==========  ============
+
+gates: who computes the gated residual's elementwise part (``Plan.elementwise``). (*) Where
+triton is importable and the GPU has compute capability 8.0+, else torch ops
+(:func:`runnable`). The Triton kernels are tested on the CPU under Triton's interpreter only.
 
 A ``channels_last`` map and the map view of tokens are token-major already: no transpose.
 """
@@ -132,7 +153,7 @@ def plan(x: Tensor) -> Plan | None:
         x: a layer's image input (a map, or the map view of its tokens).
 
     Returns:
-        A :class:`Plan`, or ``None``.
+        A :class:`Plan` that runs on ``x``'s device (:func:`runnable`), or ``None``.
     """
     backend = get_backend()
     if (
@@ -148,9 +169,19 @@ def plan(x: Tensor) -> Plan | None:
     chosen = device_plan(device, dtype)
     if backend == "fused" and chosen is None:
         chosen = TOKEN_MAJOR
-    if chosen is not None and device == "cpu" and dtype == torch.float32:
-        if cpu_gemm_route() == "onednn":
-            chosen = replace(chosen, per_sample_min_tokens=None, gemm="onednn")
+    if chosen is None:
+        return None
+    if device == "cpu" and dtype == torch.float32 and cpu_gemm_route() == "onednn":
+        chosen = dataclasses.replace(chosen, per_sample_min_tokens=None, gemm="onednn")
+    return runnable(chosen, x.device)
+
+
+def runnable(chosen: Plan, device: torch.device) -> Plan:
+    """``chosen``, with torch's elementwise ops in place of Triton's where the Triton kernels
+    cannot run on ``device`` (:func:`triton_gates.supports`: triton not importable, a GPU
+    older than compute capability 8.0, or the CPU outside Triton's interpreter)."""
+    if chosen.elementwise == "triton" and not triton_gates.supports(device):
+        return dataclasses.replace(chosen, elementwise="torch")
     return chosen
 
 

@@ -37,7 +37,8 @@ def composite_transformer(
         text: ``t``.
         plan: the layout (NCHW maps from ``plan.per_sample_min_tokens`` positions on are
             read and written in place by per-sample GEMMs; others are transposed once) and
-            the GEMM route (``plan.gemm``: BLAS products, or oneDNN 1x1 convolutions).
+            the GEMM route (``plan.gemm``: BLAS products, or oneDNN 1x1 convolutions) and
+            who computes the gated residual's elementwise part (``plan.elementwise``).
 
     Returns:
         ``F_o`` ``(B, C, H, W)`` in ``image``'s memory layout (token-major for tokens).
@@ -71,11 +72,12 @@ def composite_transformer(
         weight = block.w_sa * rearrange(proj.conv.weight, "o i 1 1 -> o i")
         bias = None if proj.conv.bias is None else block.w_sa * proj.conv.bias
         out = gated_residual(
-            reference, channel_gate, spatial_gate, heads, weight, bias, onednn=onednn
+            reference, channel_gate, spatial_gate, heads, weight, bias,
+            onednn=onednn, elementwise=plan.elementwise,
         )
     else:
         transformed = proj(rearrange(heads, "b (y x) c -> b c y x", y=height))
-        out = gated_residual(reference, channel_gate, spatial_gate) + block.w_sa * rearrange(
-            transformed, "b c y x -> b (y x) c"
-        )
+        out = gated_residual(
+            reference, channel_gate, spatial_gate, elementwise=plan.elementwise
+        ) + block.w_sa * rearrange(transformed, "b c y x -> b (y x) c")
     return like_memory_format(rearrange(out, "b (y x) c -> b c y x", y=height), image)

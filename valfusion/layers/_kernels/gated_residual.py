@@ -18,9 +18,10 @@ from einops import rearrange
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from valfusion.layers._kernels import autocast_apply, gemm, is_channel_major
+from valfusion.layers._kernels import Elementwise, Plan, autocast_apply, gemm, is_channel_major
 from valfusion.layers._kernels.context import AutogradContext
 from valfusion.layers._kernels.parts import PreservationParts
+from valfusion.layers._kernels.triton_gates import gated_product, gated_product_backward
 
 __all__ = ["gated_residual", "gates", "joint_attentional_preservation"]
 
@@ -28,6 +29,7 @@ __all__ = ["gated_residual", "gates", "joint_attentional_preservation"]
 class _GatedResidualContext(AutogradContext, Protocol):
     has_bias: bool
     onednn: bool
+    use_triton: bool
 
     @property
     def saved_tensors(
@@ -53,6 +55,11 @@ class _GatedResidual(torch.autograd.Function):
     written in place, without transposes, in both passes. With ``onednn`` (token-major ``r``
     only) the product ``t W^T + b`` is a oneDNN 1x1 convolution (``gemm.py``) into a fresh
     buffer onto which the gated product is added (one ``(B, N, C)`` temporary more).
+
+    With ``use_triton`` (a plan's ``elementwise == "triton"``), the elementwise part of each
+    pass is one Triton kernel (``triton_gates.py``): ``r a s (+ b)`` into the output buffer
+    before the GEMM; ``dr``, ``da`` and ``ds`` in one read of the output gradient and ``r``
+    (the forward of the oneDNN route keeps torch's ops: the two do not meet outside tests).
     """
 
     @staticmethod
@@ -64,12 +71,14 @@ class _GatedResidual(torch.autograd.Function):
         tokens: Tensor | None,
         weight: Tensor | None,
         bias: Tensor | None,
-        onednn: bool,
+        use_triton: bool = False,
+        onednn: bool = False,
     ) -> Tensor:
         channel_major = is_channel_major(reference)
         ctx.onednn = onednn and tokens is not None and weight is not None and not channel_major
         ctx.save_for_backward(reference, channel_gate, spatial_gate, tokens, weight)
         ctx.has_bias = bias is not None
+        ctx.use_triton = use_triton
         if ctx.onednn:
             assert tokens is not None and weight is not None
             out = gemm.linear(tokens.contiguous(), weight, bias)
@@ -78,10 +87,13 @@ class _GatedResidual(torch.autograd.Function):
             out = torch.empty_like(reference)  # reference's layout
         else:
             out = reference.new_empty(reference.shape)  # token-major for the GEMM
-        torch.mul(reference, spatial_gate[:, :, None], out=out)
-        out.mul_(channel_gate[:, None, :])
-        if bias is not None:
-            out.add_(bias)
+        if use_triton:
+            gated_product(reference, channel_gate, spatial_gate, bias, out=out)
+        else:
+            torch.mul(reference, spatial_gate[:, :, None], out=out)
+            out.mul_(channel_gate[:, None, :])
+            if bias is not None:
+                out.add_(bias)
         if tokens is not None and weight is not None:
             if channel_major:  # out[b] (C, N) += W (C, K) t[b]^T (K, N)
                 out.transpose(1, 2).baddbmm_(
@@ -128,7 +140,16 @@ class _GatedResidual(torch.autograd.Function):
                 grad_w = grad2d.t().mm(tokens.reshape(-1, tokens.shape[-1]))
         if need[5] and ctx.has_bias:
             grad_b = grad.sum(dim=(0, 1))
-        if need[1] or need[2]:
+        if ctx.use_triton:
+            # The copy, if in r's layout, is read as g and overwritten by dr in one pass.
+            own = grad_copy
+            if own is not None and own.stride() != reference.stride():
+                own = None
+            grad_r, grad_a, grad_s = gated_product_backward(
+                grad if own is None else own, reference, channel_gate, spatial_gate,
+                (need[0], need[1], need[2]), own,
+            )
+        elif need[1] or need[2]:
             if grad_copy is not None and grad_copy.stride() == reference.stride():
                 scratch = grad_copy.mul_(reference)
             else:
@@ -143,9 +164,9 @@ class _GatedResidual(torch.autograd.Function):
                 grad_r = torch.mul(grad, spatial_gate[:, :, None], out=scratch)
         elif need[0]:
             grad_r = grad * spatial_gate[:, :, None]
-        if grad_r is not None:
+        if grad_r is not None and not ctx.use_triton:
             grad_r.mul_(channel_gate[:, None, :])
-        return grad_r, grad_a, grad_s, grad_t, grad_w, grad_b, None
+        return grad_r, grad_a, grad_s, grad_t, grad_w, grad_b, None, None
 
 
 def gated_residual(
@@ -157,6 +178,7 @@ def gated_residual(
     bias: Tensor | None = None,
     *,
     onednn: bool = False,
+    elementwise: Elementwise = "torch",
 ) -> Tensor:
     """``out[b, n, c] = r[b, n, c] a[b, c] s[b, n] + sum_k t[b, n, k] W[c, k] + b[c]``.
 
@@ -169,13 +191,16 @@ def gated_residual(
         bias: ``b``, ``(C,)`` or ``None``.
         onednn: compute ``t W^T + b`` as a oneDNN 1x1 convolution (``gemm.py``) when ``r`` is
             token-major, rather than accumulate a BLAS product onto the gated ``r``.
+        elementwise: who computes ``r a s`` and its gradients (``"triton"``: only where
+            :func:`~valfusion.layers._kernels.triton_gates.supports` the device).
 
     Returns:
         ``(B, N, C)`` (the autocast dtype under autocast); token-major (contiguous) when
         ``tokens`` is given and ``r`` is not channel-major, else with ``r``'s strides.
     """
     return autocast_apply(
-        _GatedResidual, reference, channel_gate, spatial_gate, tokens, weight, bias, onednn
+        _GatedResidual, reference, channel_gate, spatial_gate, tokens, weight, bias,
+        elementwise == "triton", onednn,
     )
 
 
@@ -202,7 +227,7 @@ def gates(
 
 
 def joint_attentional_preservation(
-    preservation: PreservationParts, fused: Tensor, reference: Tensor
+    preservation: PreservationParts, fused: Tensor, reference: Tensor, plan: Plan
 ) -> Tensor:
     """``F_ja = gate(a_ch) * gate(a_sp) * F_r`` without the ``(B, C, H, W)`` joint gate.
 
@@ -210,6 +235,7 @@ def joint_attentional_preservation(
         preservation: the layer.
         fused: ``X``, ``(B, C, H, W)``.
         reference: ``F_r``, ``(B, C, H, W)``.
+        plan: who computes the elementwise part (``plan.elementwise``).
 
     Returns:
         ``F_ja`` ``(B, C, H, W)`` in ``reference``'s memory layout.
@@ -219,6 +245,7 @@ def joint_attentional_preservation(
         preservation, fused.mean(dim=(2, 3)), fused.mean(dim=1, keepdim=True)
     )
     preserved = gated_residual(
-        rearrange(reference, "b c y x -> b (y x) c"), channel_gate, spatial_gate
+        rearrange(reference, "b c y x -> b (y x) c"), channel_gate, spatial_gate,
+        elementwise=plan.elementwise,
     )
     return rearrange(preserved, "b (y x) c -> b c y x", y=height)
