@@ -497,6 +497,13 @@ def environment_header(title: str, argv: Sequence[str] | None = None, device: st
         )
     else:
         lines.append(f"- device: {dev.type}; {precision_flags(cuda=False)}")
+    if dev.type == "cpu":
+        from valfusion.layers import _kernels
+
+        lines.append(
+            f"- CPU capability {torch.backends.cpu.get_cpu_capability()}; the fused kernels' "
+            f"fp32 GEMM route here (`cpu_gemm_route()`): {_kernels.cpu_gemm_route()}"
+        )
     lines.append("")
     return "\n".join(lines)
 
