@@ -558,3 +558,35 @@ if __name__ == "__main__":
     if os.environ.get("TRITON_INTERPRET") != "1":
         raise SystemExit("run under TRITON_INTERPRET=1 (the tests above start this so)")
     print(json.dumps(_measure()))
+
+
+_BROKEN_KERNEL = """
+import json, warnings
+import torch
+from valfusion.layers import _kernels
+from valfusion.layers._kernels import triton_gates
+
+triton_gates.FORWARD_BLOCK_C = 100  # not a power of two: Triton refuses to build the kernel
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    plan = _kernels.runnable(_kernels.Plan(None, elementwise="triton"), torch.device("cpu"))
+    again = triton_gates.supports(torch.device("cpu"))  # checked once: no second warning
+print(json.dumps({"elementwise": plan.elementwise, "again": again,
+                  "warnings": [str(w.message) for w in caught
+                               if issubclass(w.category, RuntimeWarning)]}))
+"""
+
+
+def test_kernels_that_fail_their_first_check_fall_back_to_torch_with_one_warning() -> None:
+    """A kernel that does not build (or computes wrong values) where it first runs costs a
+    warning and torch's ops, not an error in a training step: kernels Triton cannot build
+    are made here by a block size Triton refuses."""
+    done = _python(["-c", _BROKEN_KERNEL], interpret=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["elementwise"] == "torch" and result["again"] is False
+    assert len(result["warnings"]) == 1
+    assert result["warnings"][0].startswith(
+        "valfusion: the Triton gate kernels failed their check on cpu ("
+    )
+    assert result["warnings"][0].endswith("); torch's elementwise ops run there instead")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -168,14 +169,60 @@ def _cuda_capable(index: int) -> bool:
 
 
 def supports(device: torch.device) -> bool:
-    """Whether the kernels can run on ``device``: triton importable, and either a CUDA device
-    of compute capability 8.0+ or the CPU under Triton's interpreter (``TRITON_INTERPRET=1``)."""
+    """Whether the kernels can run on ``device``: triton importable, either a CUDA device of
+    compute capability 8.0+ or the CPU under Triton's interpreter (``TRITON_INTERPRET=1``),
+    and the kernels, built and run there once on a small case (:func:`_works_on`), equal
+    torch's ops."""
     if device.type == "cpu":
-        return os.environ.get("TRITON_INTERPRET") == "1" and _importable()
+        return os.environ.get("TRITON_INTERPRET") == "1" and _importable() and _works_on("cpu")
     if device.type == "cuda":
         if not (_importable() and torch.cuda.is_available()):
             return False
-        return _cuda_capable(torch.cuda.current_device() if device.index is None else device.index)
+        index = torch.cuda.current_device() if device.index is None else device.index
+        return _cuda_capable(index) and _works_on(f"cuda:{index}")
+    return False
+
+
+@functools.cache
+def _works_on(device: str) -> bool:
+    """Build and run both kernels once on ``device`` (``(2, 37, 131)``, fp32: masked edges in
+    both tile dimensions) and compare with torch's ops. A failure to build or a wrong result
+    (kernels not yet run on every GPU Triton supports) is a warning, once per device, and
+    torch's elementwise ops run there instead of an error in a user's training step."""
+    try:
+        generator = torch.Generator().manual_seed(0)
+        r, g = (torch.randn(2, 37, 131, generator=generator).to(device) for _ in range(2))
+        a = torch.rand(2, 131, generator=generator).to(device)
+        s = torch.rand(2, 37, generator=generator).to(device)
+        out = gated_product(r, a, s, None, out=torch.empty_like(r))
+        grads = gated_product_backward(g, r, a, s, (True, True, True))
+        expected = (
+            r * a[:, None, :] * s[:, :, None],
+            g * a[:, None, :] * s[:, :, None],
+            (g * r * s[:, :, None]).sum(dim=1),
+            (g * r * a[:, None, :]).sum(dim=2),
+        )
+        problem = next(
+            (
+                name
+                for name, got, want in zip(
+                    ("product", "grad_r", "grad_a", "grad_s"), (out, *grads), expected,
+                    strict=True,
+                )
+                if got is None or not torch.allclose(got, want, rtol=1e-4, atol=1e-4)
+            ),
+            None,
+        )
+    except Exception as error:  # any failure to build or run: fall back
+        problem = f"{type(error).__name__}: {error}"
+    if problem is None:
+        return True
+    warnings.warn(
+        f"valfusion: the Triton gate kernels failed their check on {device} ({problem}); "
+        "torch's elementwise ops run there instead",
+        RuntimeWarning,
+        stacklevel=2,
+    )
     return False
 
 
