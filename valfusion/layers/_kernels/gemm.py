@@ -9,8 +9,9 @@ split into ``G`` groups (``G = 1``: a plain linear map)::
 
 The same numbers are a 1x1 convolution (``groups=G``) of the ``channels_last`` map
 ``(B, K, N, 1)`` whose memory *is* ``x``: no copy in or out. On x86 CPUs PyTorch runs such a
-convolution (batch above one) with oneDNN, and :func:`torch.ops.aten.convolution_backward`
-its two gradients; matrix products go to the BLAS (MKL in the x86 wheels). Which is faster
+convolution with oneDNN (from a batch of 16, or with more than one thread: PyTorch's
+``use_mkldnn`` rule for 1x1 convolutions); matrix products go to the BLAS (MKL in the x86
+wheels). The weight gradient stays a BLAS product (see :func:`linear_backward`). Which is faster
 depends on the CPU (``benchmarks/results/cpu_gemm_paths.md``: oneDNN twice MKL's rate on an
 AMD EPYC with AVX-512, 0.8 of it on one with AVX2), so the kernels take this route only
 when their :class:`~valfusion.layers._kernels.Plan` says ``gemm="onednn"``.
@@ -63,7 +64,13 @@ def linear_backward(
     need_input: bool = True,
     need_weight: bool = True,
 ) -> tuple[Tensor | None, Tensor | None]:
-    """The input and weight gradients of :func:`linear`, in one oneDNN call.
+    """The input and weight gradients of :func:`linear`.
+
+    ``dx`` is itself a linear map of ``dy`` (by ``W_g^T`` per group), so it is one oneDNN 1x1
+    convolution like the forward. ``dW`` is a reduction over the ``B N`` tokens, which
+    oneDNN's ``convolution_backward`` computes per image: on an AVX2 EPYC it ran a
+    ``2048^3`` weight gradient at 23 GFLOP/s against 89 for ``torch.mm``
+    (``benchmarks/results/cpu_gemm_paths.md``), so ``dW`` is one BLAS product per group.
 
     Args:
         grad: ``dy``, ``(B, N, O)``, contiguous.
@@ -76,24 +83,12 @@ def linear_backward(
     Returns:
         ``(dx (B, N, K) contiguous, dW (O, K / groups))``, ``None`` where not needed.
     """
-    if not (need_input or need_weight):
-        return None, None
-    grad_maps, grad_kernel, _ = torch.ops.aten.convolution_backward(
-        token_maps(grad),
-        token_maps(tokens),
-        _kernel(weight),
-        None,
-        [1, 1],
-        [0, 0],
-        [1, 1],
-        False,
-        [0, 0],
-        groups,
-        [need_input, need_weight, False],
-    )
-    grad_tokens = None
-    if need_input:
-        grad_maps = grad_maps.contiguous(memory_format=torch.channels_last)
-        grad_tokens = rearrange(grad_maps, "b k n 1 -> b n k")
-    grad_weight = None if not need_weight else rearrange(grad_kernel, "o k 1 1 -> o k")
+    grad_tokens = grad_weight = None
+    if need_input:  # dx_g = dy_g W_g: a linear map by W_g^T, stacked over the groups
+        transposed = rearrange(weight, "(g o) k -> (g k) o", g=groups)
+        grad_tokens = linear(grad, transposed.contiguous(), groups=groups)
+    if need_weight:  # dW_g = dy_g^T x_g, summed over the B N tokens
+        grad_groups = rearrange(grad, "b n (g o) -> g o (b n)", g=groups)
+        token_groups = rearrange(tokens, "b n (g k) -> g (b n) k", g=groups)
+        grad_weight = rearrange(torch.bmm(grad_groups, token_groups), "g o k -> (g o) k")
     return grad_tokens, grad_weight
