@@ -191,7 +191,8 @@ CPU_GEMM_ENV_VAR = "VALFUSION_CPU_GEMM"
 
 ONEDNN_MIN_SPEEDUP = 1.3
 """How much faster oneDNN must measure than the BLAS for :func:`cpu_gemm_route` to take it.
-Measured ratios were 2.0 (AMD EPYC, AVX-512) and 0.8 (AMD EPYC, AVX2); the margin keeps a
+Measured ratios of one forward product were 2.0 (AMD EPYC, AVX-512) and 0.8 to 0.9 (AMD EPYC,
+AVX2); the margin keeps a
 CPU where the two are close on the BLAS, so that two processes (a run and its resume) do
 not choose differently by noise."""
 
@@ -206,9 +207,8 @@ def cpu_gemm_route() -> GemmRoute:
 
     Matrix products go to the BLAS (MKL in PyTorch's x86 wheels), 1x1 convolutions to
     oneDNN, and which is faster depends on the CPU: on an AMD EPYC with AVX-512 oneDNN ran
-    a ``2048^3`` product at 204 GFLOP/s and MKL at 102 (MKL's AVX-512 code is not used on
-    AMD CPUs), on an AMD EPYC with AVX2 oneDNN at 0.8 of MKL's rate
-    (``benchmarks/results/cpu_gemm_paths.md``). So, once per process, this times one
+    a ``2048^3`` product at 204 GFLOP/s and MKL at 102, on an AMD EPYC with AVX2 at 0.8 to
+    0.9 of MKL's rate (``benchmarks/results/cpu_gemm_paths.md``). So, once per process, this times one
     token-major product, forward and both gradients, ``(B, N, K, O) = (4, 256, 512, 512)``,
     each route twice, alternately, at the current thread count, and takes oneDNN only if
     its best time beats the BLAS's by :data:`ONEDNN_MIN_SPEEDUP`. The environment variable
