@@ -34,6 +34,7 @@ as the bf16 reference itself, with a margin.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -227,8 +228,12 @@ def test_token_major_plan_runs_no_per_sample_gemms_on_a_large_nchw_map() -> None
     assert _gemm_count(2, "fused/token-major") == _gemm_count(4, "fused/token-major")
 
 
-def test_cpu_plan_reads_a_large_nchw_map_by_per_sample_gemms() -> None:
-    # Guards the test above: the counter does see the per-sample loop of the CPU plan.
+def test_cpu_plan_reads_a_large_nchw_map_by_per_sample_gemms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Guards the test above: the counter does see the per-sample loop of the CPU plan (on
+    # its BLAS route, whatever this CPU measures: the oneDNN route is token-major).
+    monkeypatch.setattr(_kernels, "cpu_gemm_route", lambda: "blas")
     assert _gemm_count(4, "fused") > _gemm_count(2, "fused")
 
 
@@ -330,6 +335,50 @@ def test_the_measured_cpu_gemm_route_is_chosen_once_per_process(
     assert first in ("blas", "onednn")
     fresh_gemm_route.setenv("VALFUSION_CPU_GEMM", "onednn" if first == "blas" else "blas")
     assert _kernels.cpu_gemm_route() == first  # cached: a run does not change route midway
+
+
+def test_the_measured_route_is_kept_per_machine_in_the_cache_folder(
+    fresh_gemm_route: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The first process measures and writes ``{machine key: route}``; a later one (the
+    in-process cache cleared) reads the file instead of measuring: the route it returns is
+    the file's, even one the measurement would not give."""
+    fresh_gemm_route.delenv("VALFUSION_CPU_GEMM", raising=False)
+    fresh_gemm_route.setenv("VALFUSION_CACHE_DIR", str(tmp_path))
+    measured = _kernels.cpu_gemm_route()
+    path = tmp_path / _kernels.ROUTE_CACHE_FILE
+    routes = json.loads(path.read_text())
+    assert list(routes.values()) == [measured]
+    (key,) = routes
+    assert torch.backends.cpu.get_cpu_capability() in key and torch.__version__ in key
+    other = "onednn" if measured == "blas" else "blas"
+    path.write_text(json.dumps({key: other}))
+    _kernels.cpu_gemm_route.cache_clear()
+    assert _kernels.cpu_gemm_route() == other  # read, not measured
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '{"KEY": "mkl"}'])
+def test_an_unreadable_route_cache_is_measured_again_and_rewritten(
+    fresh_gemm_route: pytest.MonkeyPatch, tmp_path: Path, content: str
+) -> None:
+    fresh_gemm_route.delenv("VALFUSION_CPU_GEMM", raising=False)
+    fresh_gemm_route.setenv("VALFUSION_CACHE_DIR", str(tmp_path))
+    path = tmp_path / _kernels.ROUTE_CACHE_FILE
+    path.write_text(content.replace("KEY", _kernels._machine_key()))
+    route = _kernels.cpu_gemm_route()
+    assert route in ("blas", "onednn")
+    assert json.loads(path.read_text())[_kernels._machine_key()] == route
+
+
+def test_no_route_cache_is_written_with_the_cache_off(
+    fresh_gemm_route: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fresh_gemm_route.delenv("VALFUSION_CPU_GEMM", raising=False)
+    fresh_gemm_route.setenv("VALFUSION_CACHE_DIR", "off")
+    fresh_gemm_route.setenv("HOME", str(tmp_path))
+    fresh_gemm_route.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert _kernels.cpu_gemm_route() in ("blas", "onednn")
+    assert list(tmp_path.rglob("*")) == []
 
 
 # --- autocast -----------------------------------------------------------------------

@@ -30,7 +30,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-__all__ = ["TEMPORARY_PATTERN", "atomic_write", "remove_stale_temporaries"]
+__all__ = ["CACHE_ENV", "TEMPORARY_PATTERN", "atomic_write", "cache_dir", "remove_stale_temporaries"]
+
+CACHE_ENV = "VALFUSION_CACHE_DIR"
+"""Environment variable naming valfusion's cache folder; ``off`` (or empty) turns caching off."""
+
+
+def cache_dir() -> Path | None:
+    """valfusion's cache folder, from the environment.
+
+    ``$VALFUSION_CACHE_DIR`` when set (``off`` or empty: no cache), else
+    ``$XDG_CACHE_HOME/valfusion``, else ``~/.cache/valfusion``.
+
+    Returns:
+        The folder (perhaps not created yet), or ``None`` when caching is off.
+    """
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in ("", "off") else Path(value).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # XDG: absolute only
+    return base / "valfusion"
+
 
 #: Names of the temporary files :func:`atomic_write` creates: ``.NAME.<16 hex>.tmp``.
 TEMPORARY_PATTERN = re.compile(r"^\..+\.[0-9a-f]{16}\.tmp$")

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from valfusion._io import atomic_write
+from valfusion._io import CACHE_ENV, atomic_write, cache_dir
 from valfusion.data.errors import DataError
 from valfusion.data.images import (
     MAX_IMAGE_PIXELS,
@@ -49,8 +49,6 @@ __all__ = [
     "verify_images",
 ]
 
-CACHE_ENV = "VALFUSION_CACHE_DIR"
-"""Environment variable naming the cache folder; ``off`` (or empty) turns the cache off."""
 _CACHE_FILE = "verified-images.json"
 _CACHE_VERSION = 1
 _ANNOUNCE_FROM = 1000  # files to decode before a progress line is worth printing
@@ -65,12 +63,7 @@ def image_cache_dir() -> Path | None:
     Returns:
         The folder (perhaps not created yet), or ``None`` when the cache is off.
     """
-    value = os.environ.get(CACHE_ENV)
-    if value is not None:
-        return None if value.strip().lower() in ("", "off") else Path(value).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"  # XDG: absolute only
-    return base / "valfusion"
+    return cache_dir()
 
 
 def _default_workers() -> int:

@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
+import platform
 import time
 from dataclasses import dataclass
 from typing import Any, Literal, cast, get_args
@@ -32,6 +34,7 @@ from typing import Any, Literal, cast, get_args
 import torch
 from torch import Tensor
 
+from valfusion._io import atomic_write, cache_dir
 from valfusion.layers._kernels import triton_gates
 from valfusion.layers.backend import get_backend
 
@@ -40,6 +43,7 @@ __all__ = [
     "DEVICE_PLANS",
     "ONEDNN_MIN_SPEEDUP",
     "PER_SAMPLE_MIN_TOKENS",
+    "ROUTE_CACHE_FILE",
     "TOKEN_MAJOR",
     "Elementwise",
     "Plan",
@@ -211,7 +215,11 @@ def cpu_gemm_route() -> GemmRoute:
     0.9 of MKL's rate (``benchmarks/results/cpu_gemm_paths.md``). So, once per process, this times one
     token-major product, forward and both gradients, ``(B, N, K, O) = (4, 256, 512, 512)``,
     each route twice, alternately, at the current thread count, and takes oneDNN only if
-    its best time beats the BLAS's by :data:`ONEDNN_MIN_SPEEDUP`. The environment variable
+    its best time beats the BLAS's by :data:`ONEDNN_MIN_SPEEDUP`. The choice is kept in
+    valfusion's cache folder (:data:`ROUTE_CACHE_FILE`, per CPU model, capability, torch
+    version and thread count): later processes on the machine read it instead of
+    measuring, so a run and its resume take the same route (``VALFUSION_CACHE_DIR=off``:
+    every process measures). The environment variable
     :data:`CPU_GEMM_ENV_VAR` (``VALFUSION_CPU_GEMM``) = ``blas`` or ``onednn`` skips the
     measurement (for bit-identical runs across machines, or a comparison).
 
@@ -229,6 +237,60 @@ def cpu_gemm_route() -> GemmRoute:
         return cast(GemmRoute, value)
     if not torch.backends.mkldnn.is_available():
         return "blas"
+    key = _machine_key()
+    cached = _read_route_cache().get(key)
+    if cached in get_args(GemmRoute):
+        return cast(GemmRoute, cached)
+    route = _measured_route()
+    _write_route_cache(key, route)
+    return route
+
+
+ROUTE_CACHE_FILE = "cpu-gemm-route.json"
+"""The file in valfusion's cache folder (:func:`valfusion._io.cache_dir`) that keeps each
+machine's measured route, ``{machine key: route}``: a run and its resume (or two workers)
+on one machine take the same route, so their results stay bit-identical."""
+
+
+def _machine_key() -> str:
+    """What the measured route depends on: the CPU model, its capability, torch and the
+    thread count."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            model = next((line.split(":", 1)[1].strip() for line in info
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return (f"{model} | {torch.backends.cpu.get_cpu_capability()} | torch {torch.__version__}"
+            f" | {torch.get_num_threads()} threads")
+
+
+def _read_route_cache() -> dict[str, object]:
+    folder = cache_dir()
+    if folder is None:
+        return {}
+    try:
+        routes = json.loads((folder / ROUTE_CACHE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return routes if isinstance(routes, dict) else {}
+
+
+def _write_route_cache(key: str, route: GemmRoute) -> None:
+    folder = cache_dir()
+    if folder is None:
+        return
+    routes = {**_read_route_cache(), key: route}
+    try:
+        atomic_write(folder / ROUTE_CACHE_FILE,
+                     lambda f: f.write(json.dumps(routes, indent=1).encode()))
+    except OSError:  # a read-only home: measure again in the next process
+        pass
+
+
+def _measured_route() -> GemmRoute:
+    """Time one product both ways (see :func:`cpu_gemm_route`) and return the route."""
     from valfusion.layers._kernels import gemm
 
     batch, n, k, o = _MEASURE_SHAPE
