@@ -48,7 +48,8 @@ def set_backend(name: Backend) -> None:
       (``benchmarks/results/composite.md``) and on CUDA (token-major layout, not yet
       measured on a GPU), the reference elsewhere. On a CPU in fp32 the kernels' products
       go through the BLAS or through oneDNN, whichever one timed product (once per
-      process) shows faster by 1.3x; ``VALFUSION_CPU_GEMM=blas|onednn`` fixes it.
+      machine, kept in valfusion's cache folder) shows faster by 1.3x;
+      ``VALFUSION_CPU_GEMM=blas|onednn`` fixes it.
 
     Whatever the backend, a layer asked for its attention maps, an empty batch, and code under
     :func:`torch.compile`, :func:`torch.export` or :func:`torch.jit.trace` run the

@@ -212,8 +212,9 @@ def cpu_gemm_route() -> GemmRoute:
     Matrix products go to the BLAS (MKL in PyTorch's x86 wheels), 1x1 convolutions to
     oneDNN, and which is faster depends on the CPU: on an AMD EPYC with AVX-512 oneDNN ran
     a ``2048^3`` product at 204 GFLOP/s and MKL at 102, on an AMD EPYC with AVX2 at 0.8 to
-    0.9 of MKL's rate (``benchmarks/results/cpu_gemm_paths.md``). So, once per process, this times one
-    token-major product, forward and both gradients, ``(B, N, K, O) = (4, 256, 512, 512)``,
+    0.9 of MKL's rate (``benchmarks/results/cpu_gemm_paths.md``). So, once per machine
+    (see below), this times one token-major product, forward and both gradients,
+    ``(B, N, K, O) = (4, 256, 512, 512)``,
     each route twice, alternately, at the current thread count, and takes oneDNN only if
     its best time beats the BLAS's by :data:`ONEDNN_MIN_SPEEDUP`. The choice is kept in
     valfusion's cache folder (:data:`ROUTE_CACHE_FILE`, per CPU model, capability, torch
