@@ -17,13 +17,13 @@ One intra-op thread. Run from a source checkout:
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 
 import torch
 import torch.nn.functional as F
 from torch.utils.benchmark import Timer
 
+from benchmarks._harness import cpu_description
 from valfusion.layers import CompositeTransformer, _kernels, use_backend
 from valfusion.layers._kernels import gemm
 
@@ -56,14 +56,8 @@ def _run_route(route: str, layer: CompositeTransformer, x: torch.Tensor, t: torc
 def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next(line.split(":", 1)[1].strip() for line in info if "model name" in line)
-    except (OSError, StopIteration):
-        pass
     print(f"- torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"CPU: {cpu}, {os.cpu_count()} logical CPUs, one intra-op thread\n")
+          f"CPU: {cpu_description()}, one intra-op thread\n")
     print("| level (batch 32, fwd+bwd) | BLAS time over oneDNN time | reference time over "
           "best fused time | " + " | ".join(f"{r} (ms)" for r in ROUTES) + " |")
     print("| --- | --- | --- | --- | --- | --- |")
